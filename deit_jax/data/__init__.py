@@ -1,0 +1,1 @@
+"""Input data: TFDS datasets and tf.data pipelines."""

@@ -1,0 +1,40 @@
+"""Optimizer pieces of the DeiT recipe (REFERENCE.md section 3) built from optax."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+def weight_decay_mask(params) -> object:
+  """True where AdamW applies weight decay.
+
+  The official recipe decays weight matrices only: no biases (qkv's included, whatever
+  its rank in our layout), no norm scales, no pos_embed/cls_token/dist_token. In our
+  parameter naming that is exactly the leaves whose name ends in "kernel".
+  """
+
+  def decays(path, leaf):
+    del leaf
+    last = path[-1]
+    return str(getattr(last, "key", getattr(last, "name", last))).endswith("kernel")
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int,
+                  warmup_init_lr: float = 1e-6, min_lr: float = 1e-5) -> optax.Schedule:
+  """Linear warm-up from ``warmup_init_lr``, then cosine decay to ``min_lr``."""
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=warmup_init_lr, peak_value=base_lr, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=min_lr)
+
+
+def adamw(schedule: optax.Schedule, params, *, weight_decay: float = 0.05, b1: float = 0.9,
+          b2: float = 0.999, eps: float = 1e-8,
+          grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+  """AdamW with DeiT's no-decay set and optional global-norm clipping."""
+  chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
+  chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                           mask=weight_decay_mask(params)))
+  return optax.chain(*chain)

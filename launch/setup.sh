@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Sets up deit-jax on a fresh machine: Debian's Fashion-MNIST (the embedded default
+# dataset), a virtual environment in .venv and the package in editable mode.
+#
+#   bash launch/setup.sh            # the package (enough for training and the demo)
+#   bash launch/setup.sh test,torch # plus the test and PyTorch/timm extras
+#
+# Safe to re-run: every step is skipped when already done.
+set -euo pipefail
+
+extras="${1:-}"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${DEIT_JAX_VENV:-$root/.venv}"
+fmnist="/usr/share/datasets/fashion-mnist"
+
+say() { printf '[setup] %s\n' "$*"; }
+
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "error: deit-jax needs Python >= 3.11; '$python' is $("$python" --version 2>&1)" >&2
+  exit 1
+fi
+
+if [[ ! -f "$fmnist/train-images-idx3-ubyte.gz" ]]; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "installing Debian's dataset-fashion-mnist"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    say "warning: $fmnist missing and apt-get unavailable (not root?): the Fashion-MNIST" \
+        "demo needs 'apt-get install dataset-fashion-mnist'"
+  fi
+fi
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  say "creating virtual environment $venv"
+  "$python" -m venv "$venv"
+fi
+# pip's output is shown only when it fails (its exit status is kept).
+pip_quiet() {
+  local log
+  log="$(mktemp)"
+  if ! "$venv/bin/python" -m pip --disable-pip-version-check "$@" >"$log" 2>&1; then
+    grep -v "is ignored: it is neither a file nor a directory" "$log" | tail -n 40 >&2
+    rm -f "$log"
+    echo "error: pip $* failed (output above)" >&2
+    return 1
+  fi
+  rm -f "$log"
+}
+pip_quiet install --upgrade pip
+target="$root"
+[[ -n "$extras" ]] && target="$root[$extras]"
+say "installing deit_jax${extras:+[$extras]} (first run: a few minutes)"
+pip_quiet install -e "$target"
+"$venv/bin/python" -c "import deit_jax, jax; print('[setup] deit_jax', deit_jax.__version__, \
+'| jax', jax.__version__, '| devices:', jax.devices())"
