@@ -8,6 +8,14 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# torchvision (via triton) segfaults when it is first imported after TensorFlow has loaded
+# its shared libraries; importing the torch stack first, once, avoids that in any test order.
+for _module in ("torch", "torchvision", "timm"):
+  try:
+    importlib.import_module(_module)
+  except ImportError:
+    pass
+
 
 def require(module: str):
   """Imports an optional test dependency (torch, timm): skipped locally when missing, but
