@@ -66,7 +66,7 @@ def _unwrap(obj: Any, path: str) -> dict[str, Any]:
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Loads a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file as ``{key: float32 array}``."""
+  """Loads a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file as ``{key: numpy array}``."""
   path = str(path)
   if not os.path.isfile(path):
     raise ConversionError(f"weights file not found: {path}")
@@ -76,14 +76,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except ImportError as e:
       raise ConversionError("reading .safetensors needs the 'safetensors' package: "
                             "pip install 'deit_jax[torch]'") from e
-    try:
+    try:  # numpy via ml_dtypes covers bf16/fp16 too; no torch needed
       with safe_open(path, framework="numpy") as f:
         return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
-    except TypeError:
-      # bfloat16 tensors have no numpy dtype; go through torch for those files.
-      import torch  # noqa: F401 - only needed for bf16 safetensors
-      from safetensors.torch import load_file
-      return {k: _to_numpy(v) for k, v in load_file(path).items()}
     except Exception as e:  # safetensors raises its own error types for bad headers
       raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
   try:

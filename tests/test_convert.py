@@ -205,3 +205,14 @@ def test_incomplete_model_directory_is_refused(tmp_path):
   (tmp_path / "params").mkdir()
   with pytest.raises(FileNotFoundError, match="incomplete save"):
     checkpoint.load_model(tmp_path)
+
+
+def test_half_precision_safetensors_convert(tmp_path):
+  reference = _perturbed_timm_model("deit_tiny_patch16_224")
+  path = tmp_path / "bf16.safetensors"
+  safetensors_torch.save_file({k: v.bfloat16() for k, v in reference.state_dict().items()},
+                              path)
+  model = convert.load_torch_checkpoint(path, "deit_tiny_patch16_224")
+  assert model.cls_token.dtype == jnp.float32
+  np.testing.assert_array_equal(model.cls_token[...],
+                                reference.cls_token.detach().bfloat16().float().numpy())
