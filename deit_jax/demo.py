@@ -6,8 +6,8 @@ Prepares Fashion-MNIST as a TFDS dataset from Debian's files (offline), trains a
 DeiT (patch 4 on 28x28, width 96, depth 6, 3 heads) with the official loss and AdamW
 recipe, then reports test accuracy. It is the smallest end-to-end job the foundation
 supports: the full trainer (``deit_jax.main``), teacher logits and distillation chain
-replace it as those land. About 4 minutes on 2 CPU cores (~75-80% test accuracy at the
-default 400 steps).
+replace it as those land. Measured on 2 CPU cores: 70.1% test accuracy after the default
+400 steps, 206 s of training (~290 img/s), 3.6 min in all with the dataset prepared.
 """
 
 from __future__ import annotations
