@@ -23,3 +23,15 @@ def require(module: str):
   if os.environ.get("CI", "").lower() == "true":
     return importlib.import_module(module)
   return pytest.importorskip(module)
+
+
+@pytest.fixture(scope="session")
+def fmnist_data_dir(tmp_path_factory):
+  """A TFDS data dir with Fashion-MNIST prepared from Debian's files (once per session)."""
+  from deit_jax.data import fashion_mnist
+  if fashion_mnist.missing_files(fashion_mnist.DEFAULT_MANUAL_DIR) and \
+      os.environ.get("CI", "").lower() != "true":
+    pytest.skip("apt-get install dataset-fashion-mnist")
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  fashion_mnist.builder(data_dir)
+  return data_dir

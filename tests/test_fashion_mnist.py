@@ -14,11 +14,8 @@ def test_missing_source_files_are_named(tmp_path):
     fashion_mnist.builder(data_dir=str(tmp_path / "tfds"), manual_dir=str(tmp_path))
 
 
-@pytest.mark.skipif(fashion_mnist.missing_files(fashion_mnist.DEFAULT_MANUAL_DIR) != [] and
-                    os.environ.get("CI") != "true",
-                    reason="apt-get install dataset-fashion-mnist")
-def test_builds_real_tfds_dataset_offline(tmp_path):
-  builder = fashion_mnist.builder(data_dir=str(tmp_path))
+def test_builds_real_tfds_dataset_offline(fmnist_data_dir):
+  builder = fashion_mnist.builder(data_dir=fmnist_data_dir)
   assert builder.info.name == "fashion_mnist"
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 60000,
                                                                           "test": 10000}

@@ -1,0 +1,275 @@
+"""tf.data train/eval pipelines of the DeiT recipe, sharded over hosts, exactly resumable.
+
+Order of examples. The global batch of step ``s`` is a pure function of (seed, s): epoch
+``e = s // steps_per_epoch`` walks a stateless random permutation of the split
+(``tf.random.experimental.index_shuffle`` keyed by (seed, e)); with repeated augmentation
+x r, a global batch holds B/r unique examples, each r times, the copies B/r positions
+apart (so they land on different devices/hosts, like the official RASampler spreads them
+over replicas), and an epoch therefore covers 1/r of the unique images. Process ``p`` of
+``P`` materialises positions [p*B/P, (p+1)*B/P) of every global batch. Each example's
+augmentation is seeded by its global position (seed, s*B + j). Consequences: the same
+global batch whatever the host count, and resuming is "start at step s" -- the iterator
+state is one integer.
+
+Train transform (REFERENCE.md section 3): RandomResizedCrop (JPEGs decode only the crop
+window) or, for small images, pad + random crop; horizontal flip; RandAugment; normalise;
+random erasing. Mixup/CutMix run on device in the train step (``data.mixup``).
+Eval: resize to int(size / crop_pct) + centre crop (or identity for small images); the
+last global batch is padded and carries ``mask`` so every example counts exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from deit_jax.data import randaugment, transforms
+from deit_jax.data.sources import Source
+
+_INFINITE = 2 ** 62
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Every knob of the train/eval transforms (defaults: the DeiT ImageNet recipe)."""
+
+  image_size: int = 224
+  crop: str = "rrc"                     # "rrc" (RandomResizedCrop) or "pad_crop" (small images)
+  rrc_scale: tuple[float, float] = (0.08, 1.0)
+  rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+  pad: int = 4                          # pad_crop: zero padding before the random crop
+  hflip: bool = True
+  randaugment: str | None = "rand-m9-mstd0.5-inc1"
+  random_erasing: float = 0.25
+  repeated_aug: int = 3
+  crop_pct: float = 0.875
+  mean: tuple[float, ...] = transforms.IMAGENET_MEAN
+  std: tuple[float, ...] = transforms.IMAGENET_STD
+  in_chans: int = 3                     # 1: grayscale model input; 3: RGB (gray replicated)
+
+  def __post_init__(self):
+    if self.crop not in ("rrc", "pad_crop"):
+      raise ValueError(f"crop must be 'rrc' or 'pad_crop', got {self.crop!r}")
+    if self.in_chans not in (1, 3):
+      raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
+    if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+      raise ValueError(f"mean/std need {self.in_chans} value(s) for in_chans={self.in_chans}, "
+                       f"got {self.mean} / {self.std}")
+    if self.repeated_aug < 1:
+      raise ValueError(f"repeated_aug must be >= 1, got {self.repeated_aug}")
+    if self.randaugment:
+      randaugment.RandAugmentConfig.from_string(self.randaugment)  # fail early on bad specs
+
+
+@dataclasses.dataclass(frozen=True)
+class Sharding:
+  """Which slice of every global batch this process materialises."""
+
+  global_batch: int
+  process_index: int = 0
+  process_count: int = 1
+
+  def __post_init__(self):
+    if self.global_batch % self.process_count:
+      raise ValueError(f"global batch {self.global_batch} is not divisible by the "
+                       f"{self.process_count} processes")
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // self.process_count
+
+
+# ---------------------------------------------------------------------------
+# Per-example transforms
+# ---------------------------------------------------------------------------
+
+def _to_rgb(image):
+  return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+
+
+def _decode_full(image, source: Source):
+  if source.encoded:
+    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+  return tf.cast(_to_rgb(image), tf.float32)
+
+
+def _finish(image, config: AugmentConfig):
+  """RGB float 0..255 -> model input: optional grayscale, then normalisation."""
+  if config.in_chans == 1:
+    image = tf.image.rgb_to_grayscale(image)
+  return transforms.normalize(image, config.mean, config.std)
+
+
+def train_transform(example, seed, source: Source, config: AugmentConfig):
+  seeds = tf.random.experimental.stateless_split(seed, 5)
+  size = config.image_size
+  image = example["image"]
+  if config.crop == "rrc":
+    if source.encoded:
+      image = tf.cond(
+          tf.io.is_jpeg(image),
+          lambda: transforms.decode_and_random_resized_crop(image, seeds[0], size,
+                                                            config.rrc_scale, config.rrc_ratio),
+          lambda: transforms.random_resized_crop(_decode_full(image, source), seeds[0], size,
+                                                 config.rrc_scale, config.rrc_ratio))
+    else:
+      image = transforms.random_resized_crop(_decode_full(image, source), seeds[0], size,
+                                             config.rrc_scale, config.rrc_ratio)
+    image = _to_rgb(image)
+  else:
+    image = _decode_full(image, source)
+    if image.shape[0] != size or image.shape[1] != size:
+      image = transforms.resize(image, (size, size))
+    p = config.pad
+    padded = tf.pad(image, [[p, p], [p, p], [0, 0]])
+    image = tf.image.stateless_random_crop(padded, (size, size, 3), seed=seeds[0])
+  image = tf.ensure_shape(image, (size, size, 3))
+  if config.hflip:
+    image = transforms.random_flip(image, seeds[1])
+  if config.randaugment:
+    ra_config = randaugment.RandAugmentConfig.from_string(config.randaugment)
+    image = randaugment.rand_augment(tf.clip_by_value(tf.round(image), 0, 255), seeds[2],
+                                     ra_config)
+  image = _finish(image, config)
+  if config.random_erasing > 0:
+    image = transforms.random_erasing(image, seeds[3], config.random_erasing)
+  return image
+
+
+def eval_transform(example, source: Source, config: AugmentConfig):
+  image = _decode_full(example["image"], source)
+  size = config.image_size
+  if config.crop == "rrc":
+    image = transforms.eval_resize_center_crop(image, size, config.crop_pct)
+  elif image.shape[0] != size or image.shape[1] != size:
+    image = transforms.resize(image, (size, size))
+  return _finish(tf.ensure_shape(image, (size, size, 3)), config)
+
+
+# ---------------------------------------------------------------------------
+# Index streams
+# ---------------------------------------------------------------------------
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  steps = num_examples // global_batch
+  if steps == 0:
+    raise ValueError(f"global batch {global_batch} is larger than the split "
+                     f"({num_examples} examples)")
+  return steps
+
+
+def train_positions(num_examples: int, sharding: Sharding, *, seed: int, repeats: int = 1,
+                    start_step: int = 0) -> tf.data.Dataset:
+  """(index, augmentation seed, local position) of this process's examples from
+  ``start_step`` on; local position k belongs to step k // local_batch."""
+  b = sharding.global_batch
+  if b % repeats:
+    raise ValueError(f"global batch {b} is not divisible by repeated_aug {repeats}")
+  spe = steps_per_epoch(num_examples, b)
+  unique_per_step = b // repeats
+  local = sharding.local_batch
+  offset = sharding.process_index * local
+
+  def locate(k):
+    step = k // local
+    j = offset + k % local                       # position in the global batch
+    slot = j % unique_per_step                   # copies of one image are unique_per_step apart
+    epoch, within = step // spe, step % spe
+    unique_position = within * unique_per_step + slot
+    index = tf.random.experimental.index_shuffle(
+        unique_position, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+        max_index=num_examples - 1)
+    aug_seed = tf.stack([tf.constant(seed, tf.int64) + 1, step * b + j])
+    return index, aug_seed, k
+
+  return tf.data.Dataset.range(start_step * local, _INFINITE).map(locate)
+
+
+def _options():
+  options = tf.data.Options()
+  options.deterministic = True
+  options.autotune.enabled = True
+  options.threading.private_threadpool_size = 0
+  return options
+
+
+def train_dataset(source: Source, config: AugmentConfig, sharding: Sharding, *, seed: int,
+                  start_step: int = 0) -> tf.data.Dataset:
+  """Batches of {"image", "label", "id", "position"} for this process, from ``start_step``."""
+
+  def element(index, aug_seed, position):
+    example = source.fetch(index)
+    return {"image": train_transform(example, aug_seed, source, config),
+            "label": example["label"], "id": example["id"], "position": position}
+
+  ds = train_positions(source.num_examples, sharding, seed=seed, repeats=config.repeated_aug,
+                       start_step=start_step)
+  ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if source.encoded:  # a corrupt file is dropped (and counted by TrainIterator)
+    ds = ds.ignore_errors()
+  ds = ds.batch(sharding.local_batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def eval_dataset(source: Source, config: AugmentConfig, sharding: Sharding) -> tf.data.Dataset:
+  """Every example once over all processes: padded batches with a boolean ``mask``."""
+  b, local = sharding.global_batch, sharding.local_batch
+  num_batches = -(-source.num_examples // b)
+  n = source.num_examples
+
+  def locate(k):
+    step, j = k // local, sharding.process_index * local + k % local
+    position = step * b + j
+    return tf.minimum(position, n - 1), position < n
+
+  def element(index, valid):
+    example = source.fetch(index)
+    return {"image": eval_transform(example, source, config), "label": example["label"],
+            "id": example["id"], "mask": valid}
+
+  ds = tf.data.Dataset.range(num_batches * local).map(locate)
+  ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(
+      _options())
+
+
+class TrainIterator:
+  """Host-side iterator over numpy batches with a one-integer, checkpointable state.
+
+  ``state()`` is the next step; ``TrainIterator(..., start_step=state)`` continues the
+  identical stream. Examples dropped because their file is corrupt are counted from gaps
+  in the positions and reported with a warning (after such a drop, batches hold the next
+  readable examples, so a resume replays exactly only on clean data).
+  """
+
+  def __init__(self, source: Source, config: AugmentConfig, sharding: Sharding, *, seed: int,
+               start_step: int = 0):
+    self.source_name = source.name
+    self.next_step = start_step
+    self.skipped = 0
+    self._first_position = start_step * sharding.local_batch
+    self._seen = 0
+    self._iterator = train_dataset(source, config, sharding, seed=seed,
+                                   start_step=start_step).as_numpy_iterator()
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iterator)
+    positions = batch.pop("position")
+    self._seen += len(positions)
+    skipped = int(positions[-1]) + 1 - self._first_position - self._seen
+    if skipped > self.skipped:
+      self.skipped = skipped
+      logging.warning("skipped %d unreadable image(s) so far in %s", skipped,
+                      self.source_name)
+    self.next_step += 1
+    return batch
+
+  def state(self) -> dict[str, int]:
+    return {"step": self.next_step}

@@ -1,0 +1,195 @@
+"""Random-access example sources: TFDS datasets and image folders.
+
+The input pipeline addresses examples by their index in a split, so that the batch at a
+given step is a function of (seed, step) alone -- never of the number of hosts -- and a
+restarted run replays it exactly. A source therefore offers ``num_examples`` and a
+TensorFlow function ``fetch(index) -> {"image", "label", "id"}``:
+
+* small TFDS datasets with fixed-shape images (fashion_mnist, mnist, cifar10, ...) are
+  held in memory as decoded uint8 arrays;
+* large TFDS datasets (imagenet2012, ...) are read through TFDS's random-access data
+  source, which needs the dataset prepared in the ``array_record`` file format (this
+  module prepares it that way when it prepares it);
+* ``imagefolder:<root>`` lists ``<root>/<split>/<class>/<image>`` once, sorted, and reads
+  files by path (local or gs://).
+
+``id`` is the example's index in its split (int64): stable for a given prepared dataset,
+and the key precomputed teacher logits are joined on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IN_MEMORY_LIMIT_BYTES = 2 << 30
+
+
+class DatasetError(ValueError):
+  """A dataset that cannot be opened as configured (message says what and where)."""
+
+
+@dataclasses.dataclass
+class Source:
+  """One split, addressable by index."""
+
+  name: str
+  split: str
+  num_examples: int
+  num_classes: int
+  channels: int          # 1 or 3 (decoded channel count of the images)
+  encoded: bool          # fetch returns encoded bytes (JPEG/PNG) instead of uint8 HWC
+  fetch: Callable[[tf.Tensor], dict[str, tf.Tensor]]
+  class_names: tuple[str, ...] = ()
+
+
+def open_source(dataset: str, split: str, *, data_dir: str | None = None,
+                manual_dir: str | None = None) -> Source:
+  """Opens ``dataset`` (a TFDS name or ``imagefolder:<root>``) at ``split``."""
+  if dataset.startswith("imagefolder:"):
+    return _image_folder(dataset[len("imagefolder:"):], split)
+  return _tfds_source(dataset, split, data_dir, manual_dir)
+
+
+# ---------------------------------------------------------------------------
+# TFDS
+# ---------------------------------------------------------------------------
+
+def _tfds_builder(name: str, data_dir, manual_dir):
+  if name == "fashion_mnist":
+    from deit_jax.data import fashion_mnist
+    return fashion_mnist.builder(data_dir, manual_dir or fashion_mnist.DEFAULT_MANUAL_DIR)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DatasetError(f"unknown dataset {name!r}: not a TFDS dataset name (or use "
+                       "'imagefolder:<root>' for your own images)") from e
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir))
+    except AssertionError as e:  # TFDS signals missing manual files with an assertion
+      raise DatasetError(f"{name}: manual files missing: {e}".replace("\n", " ")) from e
+  return builder
+
+
+def _check_split(builder, split: str, name: str) -> int:
+  splits = builder.info.splits
+  if split not in splits:
+    raise DatasetError(f"{name} has no split {split!r} (available: "
+                       f"{', '.join(sorted(splits.keys()))})")
+  return splits[split].num_examples
+
+
+def _tfds_source(name: str, split: str, data_dir, manual_dir) -> Source:
+  builder = _tfds_builder(name, data_dir, manual_dir)
+  num_examples = _check_split(builder, split, name)
+  image_feature = builder.info.features["image"]
+  label_feature = builder.info.features["label"]
+  shape = tuple(image_feature.shape)
+  channels = shape[-1] if shape and shape[-1] in (1, 3) else 3
+  fixed = shape and all(d is not None for d in shape)
+  if fixed and num_examples * int(np.prod(shape)) <= IN_MEMORY_LIMIT_BYTES:
+    images, labels = _load_in_memory(builder, split)
+    images_t, labels_t = tf.constant(images), tf.constant(labels)
+
+    def fetch(index):
+      return {"image": tf.gather(images_t, index), "label": tf.gather(labels_t, index),
+              "id": tf.cast(index, tf.int64)}
+
+    return Source(name, split, num_examples, label_feature.num_classes, channels, False, fetch,
+                  tuple(label_feature.names))
+  return _array_record_source(builder, name, split, num_examples, channels,
+                              label_feature)
+
+
+def _load_in_memory(builder, split):
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  images, labels = [], []
+  for batch in ds.batch(8192).as_numpy_iterator():
+    images.append(batch["image"])
+    labels.append(batch["label"])
+  return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def _array_record_source(builder, name, split, num_examples, channels, label_feature):
+  try:
+    data_source = builder.as_data_source(split=split,
+                                         decoders={"image": tfds.decode.SkipDecoding()})
+  except (NotImplementedError, ValueError, FileNotFoundError) as e:
+    raise DatasetError(
+        f"{name} in {builder.data_dir} was not prepared in the array_record format, which "
+        f"random access needs; re-prepare it (delete the folder and let deit_jax prepare "
+        f"it) or convert it with `tfds convert_format` ({e})") from e
+
+  def read(index):
+    record = data_source[int(index)]
+    return record["image"], np.int64(record["label"])
+
+  def fetch(index):
+    image, label = tf.numpy_function(read, [index], (tf.string, tf.int64), stateful=False)
+    image.set_shape(())
+    label.set_shape(())
+    return {"image": image, "label": label, "id": tf.cast(index, tf.int64)}
+
+  return Source(name, split, num_examples, label_feature.num_classes, channels, True, fetch,
+                tuple(label_feature.names))
+
+
+# ---------------------------------------------------------------------------
+# Image folders
+# ---------------------------------------------------------------------------
+
+def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list[str]]:
+  """Sorted (paths, labels, class names) of ``<root>/<split>/<class>/<image>``.
+
+  Class names come from the train split when it exists, so every split shares labels.
+  """
+  gfile = tf.io.gfile
+  if not gfile.isdir(root):
+    raise DatasetError(f"image folder {root} does not exist")
+  splits = sorted(d for d in gfile.listdir(root) if gfile.isdir(os.path.join(root, d)))
+  splits = [s.rstrip("/") for s in splits]
+  if split not in splits:
+    raise DatasetError(f"image folder {root} has no split {split!r} (found: "
+                       f"{', '.join(splits) or 'no sub-folders'}; expected "
+                       f"<root>/<split>/<class>/<image>)")
+
+  def classes_of(s):
+    path = os.path.join(root, s)
+    return sorted(d.rstrip("/") for d in gfile.listdir(path)
+                  if gfile.isdir(os.path.join(path, d)))
+
+  class_names = classes_of("train" if "train" in splits else split)
+  paths, labels = [], []
+  for cls in classes_of(split):
+    if cls not in class_names:
+      raise DatasetError(f"{root}/{split}/{cls}: class not present in the train split")
+    folder = os.path.join(root, split, cls)
+    files = sorted(f for f in gfile.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    paths += [os.path.join(folder, f) for f in files]
+    labels += [class_names.index(cls)] * len(files)
+  if not paths:
+    raise DatasetError(f"image folder {root}/{split} holds no images "
+                       f"({', '.join(IMAGE_EXTENSIONS)} files under <class>/ folders)")
+  return paths, labels, class_names
+
+
+def _image_folder(root: str, split: str) -> Source:
+  paths, labels, class_names = list_image_folder(root, split)
+  paths_t = tf.constant(paths)
+  labels_t = tf.constant(labels, tf.int64)
+
+  def fetch(index):
+    return {"image": tf.io.read_file(tf.gather(paths_t, index)),
+            "label": tf.gather(labels_t, index), "id": tf.cast(index, tf.int64)}
+
+  return Source(f"imagefolder:{root}", split, len(paths), len(class_names), 3, True, fetch,
+                tuple(class_names))

@@ -1,0 +1,214 @@
+"""Input pipeline: sources, layouts over hosts, augmentation statistics, exact resume."""
+
+import logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deit_jax.data import pipeline, sources
+
+FMNIST = dict(image_size=28, crop="pad_crop", pad=2, mean=(0.286,), std=(0.353,), in_chans=1)
+
+
+@pytest.fixture(scope="module")
+def fmnist_train(fmnist_data_dir):
+  return sources.open_source("fashion_mnist", "train", data_dir=fmnist_data_dir)
+
+
+@pytest.fixture(scope="module")
+def fmnist_test(fmnist_data_dir):
+  return sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir)
+
+
+def _texture(h, w, seed):
+  rng = np.random.RandomState(seed)
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  img = np.stack([np.sin(xx / rng.uniform(3, 9) + c) * 80 + yy / h * 60 + 60 for c in range(3)],
+                 -1)
+  return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+  """<root>/{train,val}/<class>/ with JPEGs and PNGs of assorted sizes, and one gray image."""
+  root = tmp_path_factory.mktemp("folder")
+  k = 0
+  for split, per_class in (("train", 6), ("val", 3)):
+    for cls in ("cat", "dog", "emu"):
+      os.makedirs(root / split / cls)
+      for i in range(per_class):
+        image = _texture(150 + 17 * i, 200 - 11 * i, k)
+        encode = tf.io.encode_png if i % 3 == 2 else tf.io.encode_jpeg
+        if split == "val" and i == 0 and cls == "emu":
+          image = image[..., :1]  # grayscale file
+        ext = "png" if i % 3 == 2 else "jpg"
+        tf.io.write_file(str(root / split / cls / f"{i:03d}.{ext}"), encode(image))
+        k += 1
+  return str(root)
+
+
+def _collect(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_fashion_mnist_batches_shapes_and_ranges(fmnist_train):
+  assert (fmnist_train.num_examples, fmnist_train.num_classes) == (60000, 10)
+  config = pipeline.AugmentConfig(**FMNIST, randaugment=None, repeated_aug=1,
+                                  random_erasing=0.0)
+  batch = next(pipeline.TrainIterator(fmnist_train, config, pipeline.Sharding(64), seed=0))
+  assert batch["image"].shape == (64, 28, 28, 1) and batch["image"].dtype == np.float32
+  assert batch["label"].dtype == np.int64 and batch["label"].max() < 10
+  assert -1.0 < batch["image"].min() < -0.7 and 1.5 < batch["image"].max() < 2.1
+  rgb = pipeline.AugmentConfig(**{**FMNIST, "in_chans": 3, "mean": (0.286,) * 3,
+                                  "std": (0.353,) * 3})
+  batch = next(pipeline.TrainIterator(fmnist_train, rgb, pipeline.Sharding(60), seed=0))
+  assert batch["image"].shape == (60, 28, 28, 3)
+
+
+def test_epoch_is_a_permutation(fmnist_test):
+  config = pipeline.AugmentConfig(**FMNIST, randaugment=None, random_erasing=0.0,
+                                  repeated_aug=1)
+  ids = np.concatenate([b["id"] for b in _collect(
+      pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(1000), seed=3), 10)])
+  assert len(np.unique(ids)) == 10000
+  next_epoch = next(pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(1000), seed=3,
+                                           start_step=10))["id"]
+  assert not np.array_equal(next_epoch, ids[:1000])  # a fresh permutation per epoch
+
+
+def test_repeated_augmentation_layout(fmnist_test):
+  config = pipeline.AugmentConfig(**FMNIST, repeated_aug=3)
+  batch = next(pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(96), seed=0))
+  ids, images = batch["id"].reshape(3, 32), batch["image"].reshape(3, 32, -1)
+  assert (ids == ids[0]).all() and len(np.unique(ids[0])) == 32
+  assert not np.allclose(images[0], images[1])  # independent augmentations of each copy
+  steps = pipeline.steps_per_epoch(10000, 96)
+  seen = np.concatenate([b["id"][:32] for b in _collect(
+      pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(96), seed=0), steps)])
+  assert len(np.unique(seen)) == steps * 32  # an epoch covers ~1/3 of the unique images
+
+
+def test_global_batch_is_independent_of_process_count(fmnist_test):
+  config = pipeline.AugmentConfig(**FMNIST)
+  single = _collect(pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(48), seed=1),
+                    3)
+  parts = [_collect(pipeline.TrainIterator(fmnist_test, config,
+                                           pipeline.Sharding(48, p, 2), seed=1), 3)
+           for p in range(2)]
+  for step in range(3):
+    for key in ("image", "label", "id"):
+      np.testing.assert_array_equal(
+          single[step][key], np.concatenate([parts[0][step][key], parts[1][step][key]]))
+
+
+def test_exact_resume(fmnist_train):
+  config = pipeline.AugmentConfig(**{**FMNIST, "in_chans": 3, "mean": (0.286,) * 3,
+                                     "std": (0.353,) * 3})
+  straight = _collect(pipeline.TrainIterator(fmnist_train, config, pipeline.Sharding(30),
+                                             seed=7), 6)
+  first = pipeline.TrainIterator(fmnist_train, config, pipeline.Sharding(30), seed=7)
+  _collect(first, 4)
+  state = first.state()
+  assert state == {"step": 4}
+  resumed = _collect(pipeline.TrainIterator(fmnist_train, config, pipeline.Sharding(30),
+                                            seed=7, start_step=state["step"]), 2)
+  for a, b in zip(straight[4:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_eval_counts_every_example_once(fmnist_test, processes):
+  config = pipeline.AugmentConfig(**FMNIST)
+  ids, labels = [], []
+  for p in range(processes):
+    for batch in pipeline.eval_dataset(fmnist_test, config,
+                                       pipeline.Sharding(768, p, processes)).as_numpy_iterator():
+      assert batch["image"].shape == (768 // processes, 28, 28, 1)
+      ids.append(batch["id"][batch["mask"]])
+      labels.append(batch["label"][batch["mask"]])
+  ids = np.concatenate(ids)
+  assert len(ids) == 10000 and len(np.unique(ids)) == 10000
+  assert np.bincount(np.concatenate(labels)).tolist() == [1000] * 10
+
+
+def test_flip_statistics(image_folder):
+  source = sources.open_source(f"imagefolder:{image_folder}", "train")
+  asymmetric = {"image": tf.io.encode_png(np.tile(np.arange(64, dtype=np.uint8)[None, :, None],
+                                                  (64, 1, 3)))}
+  config = pipeline.AugmentConfig(image_size=64, crop="pad_crop", pad=0, randaugment=None,
+                                  random_erasing=0.0)
+  outputs = [pipeline.train_transform(asymmetric, tf.constant([i, 9], tf.int64), source,
+                                      config).numpy() for i in range(400)]
+  flipped = [out[0, 0, 0] > out[0, -1, 0] for out in outputs]
+  assert np.mean(flipped) == pytest.approx(0.5, abs=0.07)
+
+
+def test_image_folder_full_recipe(image_folder):
+  source = sources.open_source(f"imagefolder:{image_folder}", "train")
+  assert (source.num_examples, source.num_classes) == (18, 3)
+  assert source.class_names == ("cat", "dog", "emu")
+  config = pipeline.AugmentConfig(image_size=64)  # RRC + flip + RandAugment + erasing, x3
+  batch = next(pipeline.TrainIterator(source, config, pipeline.Sharding(12), seed=0))
+  assert batch["image"].shape == (12, 64, 64, 3) and np.isfinite(batch["image"]).all()
+  val = sources.open_source(f"imagefolder:{image_folder}", "val")
+  ds = pipeline.eval_dataset(val, pipeline.AugmentConfig(image_size=64), pipeline.Sharding(4))
+  masks = [b["mask"] for b in ds.as_numpy_iterator()]
+  assert sum(m.sum() for m in masks) == 9
+
+
+def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, caplog):
+  import shutil
+  root = tmp_path / "copy"
+  shutil.copytree(image_folder, root)
+  victim = root / "train" / "dog" / "001.jpg"
+  victim.write_bytes(victim.read_bytes()[:300])  # truncated JPEG
+  (root / "train" / "cat" / "000.jpg").write_bytes(b"not an image at all")
+  source = sources.open_source(f"imagefolder:{root}", "train")
+  config = pipeline.AugmentConfig(image_size=32, repeated_aug=1)
+  iterator = pipeline.TrainIterator(source, config, pipeline.Sharding(6), seed=0)
+  with caplog.at_level(logging.WARNING):
+    batches = _collect(iterator, 6)
+  assert all(b["image"].shape == (6, 32, 32, 3) for b in batches)
+  assert iterator.skipped >= 2 and "unreadable image" in caplog.text
+
+
+@pytest.mark.parametrize("dataset, split, message", [
+    ("fashion_mnistt", "train", "unknown dataset 'fashion_mnistt'"),
+    ("fashion_mnist", "validation", "has no split 'validation'"),
+])
+def test_bad_dataset_names(fmnist_data_dir, dataset, split, message):
+  with pytest.raises(sources.DatasetError, match=message):
+    sources.open_source(dataset, split, data_dir=fmnist_data_dir)
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(sources.DatasetError, match="does not exist"):
+    sources.open_source(f"imagefolder:{tmp_path}/nope", "train")
+  (tmp_path / "train" / "a").mkdir(parents=True)
+  (tmp_path / "train" / "a" / "notes.txt").write_text("x")
+  with pytest.raises(sources.DatasetError, match="holds no images"):
+    sources.open_source(f"imagefolder:{tmp_path}", "train")
+  with pytest.raises(sources.DatasetError, match="has no split 'val'.*found: train"):
+    sources.open_source(f"imagefolder:{tmp_path}", "val")
+
+
+def test_missing_manual_files_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz"):
+    sources.open_source("fashion_mnist", "train", data_dir=str(tmp_path / "d"),
+                        manual_dir=str(tmp_path))
+
+
+def test_bad_augment_configs():
+  with pytest.raises(ValueError, match="mean/std need 1 value"):
+    pipeline.AugmentConfig(in_chans=1)
+  with pytest.raises(ValueError, match="bad RandAugment spec"):
+    pipeline.AugmentConfig(randaugment="rand-x")
+  with pytest.raises(ValueError, match="not divisible by repeated_aug 3"):
+    pipeline.train_positions(100, pipeline.Sharding(10), seed=0, repeats=3)
+  with pytest.raises(ValueError, match="larger than the split"):
+    pipeline.train_positions(5, pipeline.Sharding(9), seed=0, repeats=3)
