@@ -212,3 +212,31 @@ def test_bad_augment_configs():
     pipeline.train_positions(100, pipeline.Sharding(10), seed=0, repeats=3)
   with pytest.raises(ValueError, match="larger than the split"):
     pipeline.train_positions(5, pipeline.Sharding(9), seed=0, repeats=3)
+
+
+def test_random_access_source_equals_in_memory(fmnist_data_dir):
+  in_memory = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir)
+  random_access = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir,
+                                      in_memory_limit_bytes=0)
+  assert random_access.encoded and not in_memory.encoded
+  config = pipeline.AugmentConfig(**FMNIST)
+  a = next(pipeline.eval_dataset(in_memory, config, pipeline.Sharding(50)).as_numpy_iterator())
+  b = next(pipeline.eval_dataset(random_access, config,
+                                 pipeline.Sharding(50)).as_numpy_iterator())
+  for key in ("image", "label", "id"):
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_tfrecord_preparation_is_refused_for_random_access(tmp_path):
+  from deit_jax.data import fashion_mnist
+  fashion_mnist.builder(str(tmp_path), file_format="tfrecord")
+  with pytest.raises(sources.DatasetError, match="array_record"):
+    sources.open_source("fashion_mnist", "test", data_dir=str(tmp_path),
+                        in_memory_limit_bytes=0)
+
+
+def test_imagenet_without_manual_files_is_one_clear_error(tmp_path):
+  with pytest.raises(sources.DatasetError) as info:
+    sources.open_source("imagenet2012", "train", data_dir=str(tmp_path / "tfds"),
+                        manual_dir=str(tmp_path / "manual"))
+  assert "ILSVRC2012_img_train.tar" in str(info.value) and "\n" not in str(info.value)

@@ -53,10 +53,13 @@ class FashionMNISTFromManualDir(mnist.FashionMNIST, skip_registration=True):
     ]
 
 
-def builder(data_dir: str | None = None,
-            manual_dir: str = DEFAULT_MANUAL_DIR) -> FashionMNISTFromManualDir:
-  """A prepared Fashion-MNIST builder (prepares it on first use, offline)."""
-  ds_builder = FashionMNISTFromManualDir(data_dir=data_dir)
+def builder(data_dir: str | None = None, manual_dir: str = DEFAULT_MANUAL_DIR,
+            file_format: str | None = "array_record") -> FashionMNISTFromManualDir:
+  """A prepared Fashion-MNIST builder (prepares it on first use, offline).
+
+  ``array_record`` (the default) also allows random access (TFDS data sources).
+  """
+  ds_builder = FashionMNISTFromManualDir(data_dir=data_dir, file_format=file_format)
   if not ds_builder.is_prepared():
     missing = missing_files(manual_dir)
     if missing:

@@ -50,23 +50,40 @@ class Source:
 
 
 def open_source(dataset: str, split: str, *, data_dir: str | None = None,
-                manual_dir: str | None = None) -> Source:
-  """Opens ``dataset`` (a TFDS name or ``imagefolder:<root>``) at ``split``."""
+                manual_dir: str | None = None,
+                in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Source:
+  """Opens ``dataset`` (a TFDS name or ``imagefolder:<root>``) at ``split``.
+
+  TFDS splits of fixed-shape images up to ``in_memory_limit_bytes`` are held in memory;
+  larger ones are read by random access.
+  """
   if dataset.startswith("imagefolder:"):
     return _image_folder(dataset[len("imagefolder:"):], split)
-  return _tfds_source(dataset, split, data_dir, manual_dir)
+  return _tfds_source(dataset, split, data_dir, manual_dir, in_memory_limit_bytes)
 
 
 # ---------------------------------------------------------------------------
 # TFDS
 # ---------------------------------------------------------------------------
 
+def _array_record_builder(make):
+  """``make(file_format)``, preferring array_record; keeps an existing preparation's format."""
+  try:
+    return make("array_record")
+  except ValueError as e:
+    if "File format is already set" not in str(e):
+      raise
+    return make(None)
+
+
 def _tfds_builder(name: str, data_dir, manual_dir):
   if name == "fashion_mnist":
     from deit_jax.data import fashion_mnist
-    return fashion_mnist.builder(data_dir, manual_dir or fashion_mnist.DEFAULT_MANUAL_DIR)
+    return _array_record_builder(lambda fmt: fashion_mnist.builder(
+        data_dir, manual_dir or fashion_mnist.DEFAULT_MANUAL_DIR, file_format=fmt))
   try:
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    builder = _array_record_builder(
+        lambda fmt: tfds.builder(name, data_dir=data_dir, file_format=fmt))
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DatasetError(f"unknown dataset {name!r}: not a TFDS dataset name (or use "
                        "'imagefolder:<root>' for your own images)") from e
@@ -87,7 +104,7 @@ def _check_split(builder, split: str, name: str) -> int:
   return splits[split].num_examples
 
 
-def _tfds_source(name: str, split: str, data_dir, manual_dir) -> Source:
+def _tfds_source(name: str, split: str, data_dir, manual_dir, in_memory_limit_bytes) -> Source:
   builder = _tfds_builder(name, data_dir, manual_dir)
   num_examples = _check_split(builder, split, name)
   image_feature = builder.info.features["image"]
@@ -95,8 +112,8 @@ def _tfds_source(name: str, split: str, data_dir, manual_dir) -> Source:
   shape = tuple(image_feature.shape)
   channels = shape[-1] if shape and shape[-1] in (1, 3) else 3
   fixed = shape and all(d is not None for d in shape)
-  if fixed and num_examples * int(np.prod(shape)) <= IN_MEMORY_LIMIT_BYTES:
-    images, labels = _load_in_memory(builder, split)
+  if fixed and num_examples * int(np.prod(shape)) <= in_memory_limit_bytes:
+    images, labels = _load_in_memory(builder, split, channels)
     images_t, labels_t = tf.constant(images), tf.constant(labels)
 
     def fetch(index):
@@ -109,9 +126,21 @@ def _tfds_source(name: str, split: str, data_dir, manual_dir) -> Source:
                               label_feature)
 
 
-def _load_in_memory(builder, split):
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          read_config=tfds.ReadConfig(interleave_cycle_length=1))
+def _load_in_memory(builder, split, channels):
+  """The whole split as (uint8 images, int64 labels), in split order."""
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  else:  # array_record has no as_dataset here: read raw records, decode with tf.data
+    records = builder.as_data_source(split=split,
+                                     decoders={"image": tfds.decode.SkipDecoding()})
+    records = records.__getitems__(list(range(len(records))))
+    encoded = tf.data.Dataset.from_tensor_slices({
+        "image": [r["image"] for r in records],
+        "label": np.array([r["label"] for r in records], np.int64)})
+    ds = encoded.map(lambda ex: {"image": tf.io.decode_image(ex["image"], channels=channels,
+                                                             expand_animations=False),
+                                 "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
   images, labels = [], []
   for batch in ds.batch(8192).as_numpy_iterator():
     images.append(batch["image"])
@@ -123,7 +152,7 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
   try:
     data_source = builder.as_data_source(split=split,
                                          decoders={"image": tfds.decode.SkipDecoding()})
-  except (NotImplementedError, ValueError, FileNotFoundError) as e:
+  except Exception as e:  # TFDS raises assorted types for a non-array_record preparation
     raise DatasetError(
         f"{name} in {builder.data_dir} was not prepared in the array_record format, which "
         f"random access needs; re-prepare it (delete the folder and let deit_jax prepare "
