@@ -132,8 +132,7 @@ def train_transform(example, seed, source: Source, config: AugmentConfig):
     image = transforms.random_flip(image, seeds[1])
   if config.randaugment:
     ra_config = randaugment.RandAugmentConfig.from_string(config.randaugment)
-    image = randaugment.rand_augment(tf.clip_by_value(tf.round(image), 0, 255), seeds[2],
-                                     ra_config)
+    image = randaugment.rand_augment(image, seeds[2], ra_config)
   image = _finish(image, config)
   if config.random_erasing > 0:
     image = transforms.random_erasing(image, seeds[3], config.random_erasing)
@@ -189,16 +188,18 @@ def train_positions(num_examples: int, sharding: Sharding, *, seed: int, repeats
   return tf.data.Dataset.range(start_step * local, _INFINITE).map(locate)
 
 
-def _options():
+def _options(threads: int | None = None):
   options = tf.data.Options()
   options.deterministic = True
   options.autotune.enabled = True
-  options.threading.private_threadpool_size = 0
+  if threads:  # a fixed budget (benchmarks); by default tf.data uses every core
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
   return options
 
 
 def train_dataset(source: Source, config: AugmentConfig, sharding: Sharding, *, seed: int,
-                  start_step: int = 0) -> tf.data.Dataset:
+                  start_step: int = 0, threads: int | None = None) -> tf.data.Dataset:
   """Batches of {"image", "label", "id", "position"} for this process, from ``start_step``."""
 
   def element(index, aug_seed, position):
@@ -212,7 +213,7 @@ def train_dataset(source: Source, config: AugmentConfig, sharding: Sharding, *, 
   if source.encoded:  # a corrupt file is dropped (and counted by TrainIterator)
     ds = ds.ignore_errors()
   ds = ds.batch(sharding.local_batch, drop_remainder=True)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
 
 
 def eval_dataset(source: Source, config: AugmentConfig, sharding: Sharding) -> tf.data.Dataset:

@@ -90,20 +90,20 @@ def auto_contrast(image):
 
 
 def equalize(image):
-  """PIL ImageOps.equalize, channel by channel."""
-
-  def channel(values):
-    values = tf.cast(values, tf.int32)
-    hist = tf.math.bincount(tf.reshape(values, [-1]), minlength=256, maxlength=256)
-    nonzero = tf.boolean_mask(hist, hist > 0)
-    step = (tf.reduce_sum(hist) - nonzero[-1]) // 255
-    safe_step = tf.maximum(step, 1)
-    lut = (tf.cumsum(hist, exclusive=True) + safe_step // 2) // safe_step
-    lut = tf.clip_by_value(lut, 0, 255)
-    return tf.where(step > 0, tf.cast(tf.gather(lut, values), tf.float32),
-                    tf.cast(values, tf.float32))
-
-  return tf.stack([channel(image[..., c]) for c in range(3)], axis=-1)
+  """PIL ImageOps.equalize, all three channels with one histogram pass."""
+  values = tf.cast(image, tf.int32) + tf.constant([0, 256, 512])
+  hist = tf.reshape(tf.math.bincount(tf.reshape(values, [-1]), minlength=768, maxlength=768),
+                    (3, 256))
+  # PIL drops the count of the last non-empty bin from the total before dividing.
+  last_nonzero = 255 - tf.argmax(tf.cast(tf.reverse(hist, [1]) > 0, tf.int32), axis=1,
+                                 output_type=tf.int32)
+  last_count = tf.gather(hist, last_nonzero, batch_dims=1)
+  step = (tf.reduce_sum(hist, axis=1) - last_count) // 255
+  safe_step = tf.maximum(step, 1)[:, None]
+  lut = tf.clip_by_value((tf.cumsum(hist, axis=1, exclusive=True) + safe_step // 2) // safe_step,
+                         0, 255)
+  lut = tf.where(step[:, None] > 0, lut, tf.range(256)[None, :])  # flat channel: identity
+  return tf.cast(tf.gather(tf.reshape(lut, [-1]), values), tf.float32)
 
 
 def invert(image):
@@ -111,10 +111,9 @@ def invert(image):
 
 
 def posterize(image, bits):
-  shift = tf.cast(8 - bits, tf.int32)
-  as_int = tf.cast(image, tf.int32)
-  kept = tf.bitwise.left_shift(tf.bitwise.right_shift(as_int, shift), shift)
-  return tf.where(bits >= 8, image, tf.cast(kept, tf.float32))
+  """Keeps the ``bits`` most significant bits (x & ~(2^(8-bits) - 1))."""
+  quantum = tf.pow(2.0, tf.cast(8 - bits, tf.float32))
+  return tf.where(bits >= 8, image, tf.floor(image / quantum) * quantum)
 
 
 def solarize(image, threshold):
@@ -159,16 +158,13 @@ def _affine(image, matrix, fill):
   c2 = c + 0.5 * (a + b) - 0.5
   f2 = f + 0.5 * (d + e) - 0.5
   transform = tf.stack([a, b, c2, d, e, f2, 0.0, 0.0])[None]
-  shape = tf.shape(image)[:2]
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=transform, output_shape=shape,
-      fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
-  # Fill: transform a ones-mask the same way to know which pixels came from outside.
-  inside = tf.raw_ops.ImageProjectiveTransformV3(
-      images=tf.ones_like(image[None, ..., :1]), transforms=transform, output_shape=shape,
-      fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+  # Warping (image - fill) with zeros outside and adding fill back is the same as
+  # filling with ``fill`` (bilinear weights sum to one), with no mask channel to carry.
   fill = tf.constant(fill, tf.float32)
-  return _to_uint8_range(out + (1.0 - inside) * fill)
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=(image - fill)[None], transforms=transform, output_shape=tf.shape(image)[:2],
+      fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+  return _to_uint8_range(out + fill)
 
 
 def rotate(image, degrees, fill):
@@ -231,7 +227,12 @@ def apply_op(image, op_index, magnitude, negate, config: RandAugmentConfig):
 
 
 def rand_augment(image, seed, config: RandAugmentConfig = RandAugmentConfig()):
-  """``num_layers`` random ops, each applied with ``prob`` at a jittered magnitude."""
+  """``num_layers`` random ops, each applied with ``prob`` at a jittered magnitude.
+
+  The input is rounded and clipped to 0..255 first (a bicubic resize overshoots), as PIL
+  would hold it.
+  """
+  image = _to_uint8_range(image)
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
   n = config.num_layers
   ops = tf.random.stateless_uniform([n], seeds[0], 0, len(INCREASING_OPS), dtype=tf.int32)
