@@ -25,9 +25,10 @@ def test_builds_real_tfds_dataset_offline(fmnist_data_dir):
   with gzip.open(os.path.join(fashion_mnist.DEFAULT_MANUAL_DIR,
                               "t10k-images-idx3-ubyte.gz")) as f:
     first_image = np.frombuffer(f.read()[16:16 + 784], np.uint8).reshape(28, 28, 1)
-  test = builder.as_dataset(split="test", shuffle_files=False)
-  got = [int(ex["label"]) for ex in test.take(10000).as_numpy_iterator()]
+  test = builder.as_data_source(split="test")  # array_record: random access by index
+  assert len(test) == 10000
+  got = np.array([int(test[i]["label"]) for i in range(10000)])
   assert np.bincount(got).tolist() == np.bincount(labels).tolist()
-  # TFDS keys examples by index, so the file's first image is in the split as it was.
-  images = {ex["image"].tobytes() for ex in test.take(10000).as_numpy_iterator()}
+  # TFDS keys examples by their index in the file, so the file's first image is in the split.
+  images = {test[i]["image"].tobytes() for i in range(10000)}
   assert first_image.tobytes() in images

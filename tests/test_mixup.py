@@ -80,3 +80,13 @@ def test_disabled_or_skipped_mixing_leaves_batch_alone():
     np.testing.assert_array_equal(images, x)
     np.testing.assert_allclose(targets.argmax(-1), labels)
     np.testing.assert_allclose(targets.max(-1), 0.9 + 0.01, rtol=1e-6)
+
+
+def test_mixup_lambda_follows_beta_distribution():
+  config = mixup.MixupConfig(cutmix_alpha=0.0)  # Mixup only: lam ~ Beta(0.8, 0.8)
+  sample = jax.jit(jax.vmap(lambda k: mixup.sample_mix_params(k, config, 32, 32).lam))
+  lam = np.asarray(sample(jax.random.split(jax.random.key(3), 20000)))
+  reference = np.random.RandomState(0).beta(0.8, 0.8, size=200000)
+  quantiles = np.linspace(0.05, 0.95, 19)
+  np.testing.assert_allclose(np.quantile(lam, quantiles), np.quantile(reference, quantiles),
+                             atol=0.02)
