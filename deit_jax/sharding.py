@@ -1,0 +1,106 @@
+"""Mesh construction and the one table that maps logical axis names to mesh axes.
+
+The mesh has three axes: ``data`` (pure data parallelism: parameters replicated),
+``fsdp`` (data parallel too, but parameters and optimizer state are sharded over it along
+their "embed" dimension and gathered per layer by XLA), and ``tensor`` (Megatron-style
+splits of attention heads and MLP hidden units). The batch is split over data x fsdp.
+
+Models annotate parameters with logical names (``deit_jax.models.LOGICAL_AXES``);
+``RULES`` below is the only place that decides where each goes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical name -> mesh axis (or None: replicated along that dimension)
+RULES: tuple[tuple[str, str | None], ...] = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("qkv", None),
+    ("classes", None),
+    ("patch", None),
+)
+
+
+def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
+  """Resolves {"data": -1, "fsdp": 2, "tensor": 1} (-1 = the rest) against the device count."""
+  unknown = set(axis_sizes) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"unknown mesh axes {sorted(unknown)}; the axes are {MESH_AXES}")
+  sizes = [int(axis_sizes.get(name, 1)) for name in MESH_AXES]
+  free = [i for i, s in enumerate(sizes) if s == -1]
+  if len(free) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(axis_sizes)}")
+  fixed = math.prod(s for s in sizes if s != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f"{num_devices} devices cannot be split into mesh "
+                       f"{dict(zip(MESH_AXES, sizes))}")
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                     f"there are {num_devices}")
+  return tuple(sizes)
+
+
+def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(axis_sizes, len(devices))
+  # Auto axes: jit's in/out shardings pin the state and batch, XLA propagates the rest.
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if devices == list(jax.devices()):
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto)  # topology-aware device order
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int],
+                    mesh: Mesh, rules=RULES) -> P:
+  """PartitionSpec for one parameter; a dimension the mesh axis does not divide stays
+  replicated (e.g. 1000 classes over a tensor axis of 8)."""
+  if not names:
+    return P()
+  table = dict(rules)
+  spec = []
+  for name, size in zip(names, shape):
+    axis = table.get(name) if name is not None else None
+    if axis is not None and (mesh.shape[axis] == 1 or size % mesh.shape[axis]):
+      axis = None
+    spec.append(axis)
+  while spec and spec[-1] is None:
+    spec.pop()
+  return P(*spec)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules=RULES) -> Any:
+  """NamedShardings for every leaf of an NNX state, from each Variable's logical names."""
+
+  def one(variable):
+    names = variable.get_metadata().get("out_sharding") if hasattr(variable,
+                                                                   "get_metadata") else None
+    shape = getattr(variable, "shape", ())
+    return NamedSharding(mesh, logical_to_spec(names, shape, mesh, rules))
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis over data x fsdp, everything else replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,226 @@
+"""The train state and the pure, jitted, sharded train step.
+
+State is plain pytrees (pure dicts of arrays), so it shards, donates and checkpoints
+without NNX objects in the way; the model's graph definition is static. The step:
+
+    key      = fold_in(state.rng, state.step)
+    images, targets, teacher = mixup(key, batch)            # on device, same lambda for all
+    outputs  = model.train()(images)                         # (cls, dist) or logits
+    loss     = deit_loss(outputs, targets, teacher, ...)     # REFERENCE.md section 2
+    params   = AdamW(params, grads); ema = decay * ema + (1 - decay) * params
+
+Compute runs in the model's ``dtype`` (e.g. bfloat16) on float32 master weights; gradient
+accumulation splits the batch into micro-batches under ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from deit_jax import losses, sharding
+from deit_jax.data import mixup
+
+
+class TrainState(NamedTuple):
+  step: jax.Array          # int32 scalar
+  params: Any              # pure dict of float32 master weights
+  rest: Any                # pure dict of the model's other state (RNG streams)
+  opt_state: Any
+  ema: Any                 # pure dict (model EMA; tracked, not used for eval, as in DeiT)
+  rng: jax.Array           # uint32[2] key data for mixup
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  num_classes: int
+  distillation: str = "none"
+  alpha: float = 0.5
+  tau: float = 1.0
+  kl_reduction: str = "numel"
+  label_smoothing: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+  """A model's static graph plus abstract templates of its parameter / other state, to
+  rebuild the module from pure dicts inside jitted functions."""
+
+  graphdef: Any
+  params_template: nnx.State
+  rest_template: nnx.State
+
+  @classmethod
+  def of(cls, model: nnx.Module) -> "ModelDef":
+    graphdef, params, rest = split_model(model)
+    abstract = lambda s: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), s)
+    return cls(graphdef, abstract(params), abstract(rest))
+
+  def merge(self, params, rest) -> nnx.Module:
+    states = []
+    for template, values in ((self.params_template, params), (self.rest_template, rest)):
+      state = jax.tree.map(lambda x: x, template)  # fresh Variables, template untouched
+      nnx.replace_by_pure_dict(state, values)
+      states.append(state)
+    return nnx.merge(self.graphdef, *states)
+
+
+def split_model(model: nnx.Module):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, params, rest
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
+               ema: bool = True) -> TrainState:
+  _, params, rest = split_model(model)
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                    opt_state=tx.init(params),
+                    ema=jax.tree.map(jnp.copy, params) if ema else {},
+                    rng=jax.random.key_data(jax.random.key(seed)))
+
+
+def state_shardings(model: nnx.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                    ema: bool = True) -> TrainState:
+  """Shardings of every TrainState leaf: parameters (and their optimizer moments and EMA)
+  by the logical-axis rules, everything else replicated."""
+  _, params, rest = split_model(model)
+  param_shardings = nnx.to_pure_dict(sharding.state_shardings(params, mesh))
+  rest_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), nnx.to_pure_dict(rest))
+  abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                 nnx.to_pure_dict(params))
+  opt_shapes = jax.eval_shape(tx.init, abstract_params)
+  opt_shardings = _match_params(opt_shapes, abstract_params, param_shardings,
+                                sharding.replicated(mesh))
+  return TrainState(step=sharding.replicated(mesh), params=param_shardings,
+                    rest=rest_shardings, opt_state=opt_shardings,
+                    ema=param_shardings if ema else {}, rng=sharding.replicated(mesh))
+
+
+def _match_params(tree, abstract_params, param_shardings, default):
+  """Optimizer-state leaves that mirror the parameter tree (Adam moments) take the
+  parameters' shardings; scalars (counts) and others are replicated."""
+  params_struct = jax.tree.structure(abstract_params)
+
+  def visit(node):
+    try:
+      if jax.tree.structure(node) == params_struct:
+        return param_shardings
+    except Exception:
+      pass
+    return None
+
+  def map_subtrees(node):
+    matched = visit(node)
+    if matched is not None:
+      return matched
+    if isinstance(node, jax.ShapeDtypeStruct):
+      return default
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+      return type(node)(*[map_subtrees(child) for child in node])
+    if isinstance(node, (tuple, list)):
+      return type(node)(map_subtrees(child) for child in node)
+    if isinstance(node, dict):
+      return {k: map_subtrees(v) for k, v in node.items()}
+    return jax.tree.map(lambda _: default, node)
+
+  return map_subtrees(tree)
+
+
+def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: Callable,
+                    loss_config: LossConfig, mixup_config: mixup.MixupConfig | None,
+                    *, ema_decay: float = 0.99996, grad_accum_steps: int = 1,
+                    mixup_groups: int = 1) -> Callable:
+  """The pure step ``(state, batch) -> (state, metrics)``; ``batch`` holds "image",
+  "label" and, for distillation with precomputed logits, "teacher_logits"."""
+
+  def forward_loss(params, rest, images, targets, teacher):
+    model = model_def.merge(params, rest)
+    model.train()
+
+    def loss_fn(m):
+      outputs = m(images)
+      terms = losses.deit_loss_terms(
+          outputs, targets, teacher, distillation=loss_config.distillation,
+          alpha=loss_config.alpha, tau=loss_config.tau, kl_reduction=loss_config.kl_reduction,
+          label_smoothing=loss_config.label_smoothing)
+      return terms.total, (terms, outputs)
+
+    (loss, (terms, outputs)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    _, _, new_rest = split_model(model)
+    return loss, terms, outputs, nnx.to_pure_dict(grads), nnx.to_pure_dict(new_rest)
+
+  def step_fn(state: TrainState, batch: dict[str, jax.Array]):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    images, labels = batch["image"], batch["label"]
+    teacher = batch.get("teacher_logits")
+    if mixup_config is not None and mixup_config.enabled:
+      images, targets, teacher = mixup.mixup_batch(key, images, labels,
+                                                   loss_config.num_classes, mixup_config,
+                                                   teacher, mixup_groups)
+    else:
+      targets = labels
+
+    if grad_accum_steps == 1:
+      loss, terms, outputs, grads, rest = forward_loss(state.params, state.rest, images,
+                                                       targets, teacher)
+    else:
+      loss, terms, outputs, grads, rest = _accumulate(forward_loss, state, images, targets,
+                                                      teacher, grad_accum_steps)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = (optax.incremental_update(params, state.ema, 1.0 - ema_decay) if state.ema
+           else state.ema)
+    cls_logits = outputs[0] if isinstance(outputs, tuple) else outputs
+    hard_targets = targets if targets.ndim == 1 else jnp.argmax(targets, -1)
+    metrics = {
+        "train_loss": loss, "loss_base": terms.base, "loss_distill": terms.distill,
+        "train_accuracy": jnp.mean(jnp.argmax(cls_logits, -1) == hard_targets),
+        "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+    }
+    new_state = TrainState(state.step + 1, params, rest, opt_state, ema, state.rng)
+    return new_state, metrics
+
+  return step_fn
+
+
+def _accumulate(forward_loss, state, images, targets, teacher, steps):
+  """Mean loss/gradients over ``steps`` micro-batches (lax.scan keeps one in memory)."""
+  b = images.shape[0]
+  if b % steps:
+    raise ValueError(f"batch {b} is not divisible by grad_accum_steps {steps}")
+
+  def micro(x):
+    return None if x is None else x.reshape((steps, b // steps) + x.shape[1:])
+
+  def body(carry, xs):
+    rest, grad_sum, loss_sum, base_sum, distill_sum = carry
+    mi, mt, mteacher = xs
+    loss, terms, outputs, grads, rest = forward_loss(state.params, rest, mi, mt, mteacher)
+    grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+    return (rest, grad_sum, loss_sum + loss, base_sum + terms.base,
+            distill_sum + terms.distill), outputs
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  init = (state.rest, zeros, 0.0, 0.0, 0.0)
+  (rest, grad_sum, loss_sum, base_sum, distill_sum), outputs = jax.lax.scan(
+      body, init, (micro(images), micro(targets), micro(teacher)))
+  grads = jax.tree.map(lambda g: g / steps, grad_sum)
+  merge = lambda o: o.reshape((b,) + o.shape[2:])
+  outputs = tuple(merge(o) for o in outputs) if isinstance(outputs, tuple) else merge(outputs)
+  terms = losses.DeiTLossTerms(loss_sum / steps, base_sum / steps, distill_sum / steps)
+  return loss_sum / steps, terms, outputs, grads, rest
+
+
+def jit_train_step(step_fn, state_sharding: TrainState, mesh: Mesh, batch_keys) -> Callable:
+  """jax.jit with explicit in/out shardings and the state donated."""
+  batch_sharding = {k: sharding.batch_sharding(mesh) for k in batch_keys}
+  metric_sharding = sharding.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=(state_sharding, metric_sharding), donate_argnums=(0,))

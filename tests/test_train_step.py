@@ -1,0 +1,109 @@
+"""Train step: sharded meshes equal one device, FSDP memory, accumulation, EMA, mesh errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from deit_jax import optim, sharding, train_step as ts
+from deit_jax.data import mixup
+from deit_jax.models import create_model
+
+WORKER = os.path.join(os.path.dirname(__file__), "sharding_worker.py")
+SMALL = dict(img_size=16, patch_size=4, in_chans=3, num_classes=10, embed_dim=32, depth=2,
+             num_heads=2)
+
+
+def _worker(what):
+  out = subprocess.run([sys.executable, WORKER, what], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "XLA_FLAGS": ""})
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_meshes_reproduce_single_device_training():
+  results = _worker("meshes")
+  reference = results.pop("single")
+  for name, result in results.items():
+    np.testing.assert_allclose(result["losses"], reference["losses"], rtol=1e-6, err_msg=name)
+    np.testing.assert_allclose(result["params"], reference["params"], atol=5e-6, err_msg=name)
+
+
+def test_fsdp_shards_deit_base_state():
+  sizes = _worker("memory")
+  ratio = sizes["fsdp_bytes"] / sizes["replicated_bytes"]
+  print(f"deit_base_distilled params+opt state+EMA per device: replicated "
+        f"{sizes['replicated_bytes'] / 2**20:.0f} MiB, FSDP over 8 "
+        f"{sizes['fsdp_bytes'] / 2**20:.0f} MiB ({ratio:.3f}x)")
+  assert ratio <= 0.15
+
+
+def _setup(accum=1, mixup_config=None, distillation="hard", ema_decay=0.5):
+  model = create_model("deit_tiny_distilled_patch16_224", **SMALL)
+  schedule = optim.warmup_cosine(1e-3, 100, 2)
+  tx = optim.adamw(schedule, nnx.to_pure_dict(ts.split_model(model)[1]))
+  step = ts.make_train_step(ts.ModelDef.of(model), tx, schedule,
+                            ts.LossConfig(10, distillation), mixup_config,
+                            ema_decay=ema_decay, grad_accum_steps=accum)
+  return jax.jit(step), ts.init_state(model, tx, seed=0)
+
+
+def _batch(seed=0, n=8):
+  rng = np.random.RandomState(seed)
+  return {"image": jnp.asarray(rng.randn(n, 16, 16, 3), jnp.float32),
+          "label": jnp.asarray(rng.randint(0, 10, n), jnp.int32),
+          "teacher_logits": jnp.asarray(rng.randn(n, 10), jnp.float32)}
+
+
+def test_gradient_accumulation_matches_full_batch():
+  full_step, state = _setup(accum=1)
+  accum_step, state2 = _setup(accum=4)
+  full, m1 = full_step(state, _batch())
+  accum, m2 = accum_step(state2, _batch())
+  np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(accum.params)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_ema_tracks_parameters():
+  step, state = _setup(ema_decay=0.75)
+  new, _ = step(state, _batch())
+  for ema, old, params in zip(jax.tree.leaves(new.ema), jax.tree.leaves(state.params),
+                              jax.tree.leaves(new.params)):
+    np.testing.assert_allclose(ema, 0.75 * old + 0.25 * params, atol=1e-7)
+
+
+def test_step_with_mixup_trains():
+  step, state = _setup(mixup_config=mixup.MixupConfig())
+  losses = []
+  for i in range(8):
+    state, metrics = step(state, _batch(0))
+    losses.append(float(metrics["train_loss"]))
+  assert losses[-1] < losses[0] and int(state.step) == 8
+  assert set(metrics) >= {"train_loss", "loss_base", "loss_distill", "train_accuracy",
+                          "grad_norm", "lr"}
+
+
+def test_mesh_shape_resolution_and_errors():
+  assert sharding.mesh_shape({"data": -1}, 8) == (8, 1, 1)
+  assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == (2, 2, 2)
+  with pytest.raises(ValueError, match="cannot be split"):
+    sharding.mesh_shape({"data": -1, "tensor": 3}, 8)
+  with pytest.raises(ValueError, match="unknown mesh axes"):
+    sharding.mesh_shape({"model": 2}, 8)
+  with pytest.raises(ValueError, match="needs 4 devices"):
+    sharding.mesh_shape({"data": 2, "fsdp": 2}, 8)
+
+
+def test_logical_rules_replicate_what_does_not_divide():
+  mesh = jax.sharding.AbstractMesh((2, 2, 2), sharding.MESH_AXES)
+  assert sharding.logical_to_spec(("embed", "mlp"), (768, 3072), mesh) == P("fsdp", "tensor")
+  assert sharding.logical_to_spec(("embed", "classes"), (768, 1000), mesh) == P("fsdp")
+  assert sharding.logical_to_spec(("embed",), (7,), mesh) == P()
