@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
@@ -88,3 +89,85 @@ def load_model(directory, **overrides: Any) -> nnx.Module:
   nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)
   return model
+
+
+# ---------------------------------------------------------------------------
+# Training checkpoints: <workdir>/checkpoints/<step>/{state, data, meta}
+# ---------------------------------------------------------------------------
+
+class CheckpointMismatchError(ValueError):
+  """The workdir's checkpoint belongs to another model or shape."""
+
+
+def _is_key(x) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree):
+  # Typed PRNG keys are stored as their raw uint32 data.
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+class TrainCheckpoints:
+  """orbax CheckpointManager for the train state, the data-iterator position and a
+  description of the run, saved asynchronously every ``every_steps`` and kept ``keep``.
+
+  orbax writes each step into a temporary folder and renames it when complete, so
+  ``latest_step`` only ever sees complete checkpoints; an interrupted save leaves nothing
+  that a resume would pick. Errors of a background save are raised at the latest by the
+  next ``save`` or by ``close``.
+  """
+
+  def __init__(self, workdir, *, every_steps: int, keep: int):
+    self.directory = _as_path(workdir) / "checkpoints"
+    self.every_steps = every_steps
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=True, create=True,
+            cleanup_tmp_directories=True),
+        item_names=("state", "data", "meta"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def should_save(self, step: int) -> bool:
+    return self.every_steps > 0 and step % self.every_steps == 0
+
+  def save(self, step: int, state, data_state: dict, meta: dict, *, force=False) -> bool:
+    self._manager.wait_until_finished()  # surfaces an earlier background failure here
+    saved = self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_keys_to_data(state)),
+        data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)), force=force)
+    return saved
+
+  def check_compatible(self, step: int, meta: dict) -> None:
+    saved = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    saved = saved["meta"]
+    differences = [f"{k}: checkpoint {saved.get(k)!r} vs config {meta[k]!r}"
+                   for k in ("model", "model_config", "num_classes")
+                   if saved.get(k) != meta.get(k)]
+    if differences:
+      raise CheckpointMismatchError(
+          f"{self.directory} holds a checkpoint of another run ({'; '.join(differences)}); "
+          "use another --workdir or the matching config (the checkpoint was left untouched)")
+
+  def restore(self, step: int, abstract_state):
+    """State with the shardings of ``abstract_state`` (ShapeDtypeStructs), plus data state."""
+    def as_stored(x):  # keys were saved as their uint32 data
+      if not _is_key(x):
+        return x
+      shape = jax.eval_shape(jax.random.key_data, x).shape
+      return jax.ShapeDtypeStruct(shape, np.uint32, sharding=x.sharding)
+
+    target = jax.tree.map(as_stored, abstract_state)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    state = jax.tree.map(
+        lambda template, value: jax.random.wrap_key_data(value) if _is_key(template) else value,
+        abstract_state, restored["state"])
+    return state, restored["data"]
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,296 @@
+"""Train (and periodically evaluate) a DeiT from a config file.
+
+    python -m deit_jax.main --config=configs/<file>.py --workdir=DIR [--config.key=value ...]
+
+Reads top to bottom: hosts, mesh, input, model and optimizer, shardings, restore, steps,
+loop. A workdir that holds checkpoints is resumed from its latest complete one, exactly
+(the data stream continues at the saved step); SIGTERM saves and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from deit_jax import checkpoint, optim, sharding, train_step as ts
+from deit_jax.data import feeding, mixup, pipeline, sources
+from deit_jax.evaluate import evaluate, make_eval_step
+from deit_jax.models import create_model
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (local or gs://)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-process without a cluster "
+                                   "manager)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() from the "
+                               "cluster environment (TPU pod, SLURM)")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "simulate N CPU devices")
+
+
+class UserError(Exception):
+  """A mistake in the command or config: reported as one line, exit code 2."""
+
+
+def _augment_config(config) -> pipeline.AugmentConfig:
+  values = config.aug.to_dict()
+  values["randaugment"] = values.get("randaugment") or None
+  values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+  return pipeline.AugmentConfig(**values)
+
+
+def _model_overrides(config) -> dict:
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  overrides["num_classes"] = config.num_classes
+  return overrides
+
+
+class _Writer:
+  """metrics.jsonl + TensorBoard events, written by process 0 only."""
+
+  def __init__(self, workdir):
+    self.active = jax.process_index() == 0
+    if self.active:
+      import tensorflow as tf
+      tf.io.gfile.makedirs(workdir)
+      self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.active:
+      return
+    import tensorflow as tf
+    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+    self._jsonl.flush()
+    with self._tb.as_default(step=step):
+      for key, value in metrics.items():
+        tf.summary.scalar(key, value)
+    self._tb.flush()
+
+  def close(self):
+    if self.active:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def train(config, workdir: str) -> dict:
+  """Runs (or resumes) training; returns the last eval metrics."""
+  # ---------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  _say(f"mesh {dict(mesh.shape)} over {jax.device_count()} device(s), "
+       f"{jax.process_count()} process(es)")
+
+  # ---------------------------------------------------------------- input
+  open_split = lambda split: sources.open_source(
+      config.dataset, split, data_dir=config.data_dir, manual_dir=config.manual_dir)
+  train_source, eval_source = open_split(config.train_split), open_split(config.eval_split)
+  if train_source.num_classes != config.num_classes:
+    raise UserError(f"config.num_classes={config.num_classes} but {config.dataset} has "
+                    f"{train_source.num_classes} classes")
+  augment = _augment_config(config)
+  host_sharding = pipeline.Sharding(config.batch_size, jax.process_index(), jax.process_count())
+  steps_per_epoch = pipeline.steps_per_epoch(train_source.num_examples, config.batch_size)
+  total_steps = (config.total_steps if config.total_steps > 0
+                 else int(round(config.num_epochs * steps_per_epoch)))
+
+  # ---------------------------------------------------------------- model, optimizer
+  name, overrides = config.model.name, _model_overrides(config)
+  make_model = lambda: create_model(name, seed=config.seed, **overrides)
+  abstract_model = nnx.eval_shape(make_model)
+  model_def = ts.ModelDef.of(abstract_model)
+  opt = config.optimizer
+  base_lr = opt.lr * config.batch_size / config.lr_scale_batch
+  warmup = opt.warmup_steps if opt.warmup_steps >= 0 else 0
+  warmup = warmup or int(round(opt.warmup_epochs * steps_per_epoch))
+  schedule = optim.warmup_cosine(base_lr, total_steps, warmup, opt.warmup_lr, opt.min_lr)
+  tx = optim.adamw(schedule, nnx.to_pure_dict(model_def.params_template),
+                   weight_decay=opt.weight_decay, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                   grad_clip_norm=opt.grad_clip_norm or None)
+
+  # ---------------------------------------------------------------- shardings, state
+  state_sharding = ts.state_shardings(abstract_model, tx, mesh, ema=config.ema_decay > 0)
+  init = jax.jit(lambda: ts.init_state(make_model(), tx, config.seed, config.ema_decay > 0),
+                 out_shardings=state_sharding)
+  meta = {"model": name, "model_config": json.loads(json.dumps(overrides)),
+          "num_classes": config.num_classes, "dataset": config.dataset}
+
+  checkpoints = checkpoint.TrainCheckpoints(workdir, every_steps=config.checkpoint_every_steps,
+                                            keep=config.keep_checkpoints)
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    # The order matters: check the checkpoint belongs to this run before anything else.
+    checkpoints.check_compatible(latest, meta)
+    abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                                      sharding=sh),
+                                  jax.eval_shape(init), state_sharding)
+    state, data_state = checkpoints.restore(latest, abstract_state)
+    start_step = int(data_state["step"])
+    _say(f"resumed from {checkpoints.directory} at step {start_step}")
+  else:
+    state, start_step = init(), 0
+    if config.init_from:
+      state = _init_from(state, config.init_from, overrides, state_sharding)
+
+  # ---------------------------------------------------------------- steps
+  mixup_config = mixup.MixupConfig(**config.mixup.to_dict())
+  loss_config = ts.LossConfig(config.num_classes, config.distill.type, config.distill.alpha,
+                              config.distill.tau, config.distill.kl_reduction,
+                              config.mixup.label_smoothing)
+  if config.distill.type != "none":
+    raise UserError("distillation needs teacher logits, which this version cannot load yet "
+                    "(distill.type must be 'none')")
+  step_fn = ts.make_train_step(model_def, tx, schedule, loss_config, mixup_config,
+                               ema_decay=config.ema_decay,
+                               grad_accum_steps=config.grad_accum_steps,
+                               mixup_groups=1)
+  train_step = ts.jit_train_step(step_fn, state_sharding, mesh, ("image", "label"))
+  batch_sharding = sharding.batch_sharding(mesh)
+  eval_step = jax.jit(make_eval_step(model_def),
+                      in_shardings=(state_sharding.params, state_sharding.rest,
+                                    batch_sharding))
+
+  def run_eval():
+    batches = feeding.prefetch_to_device(
+        pipeline.eval_dataset(eval_source, augment, pipeline.Sharding(
+            config.batch_size, jax.process_index(), jax.process_count())).as_numpy_iterator(),
+        batch_sharding)
+    return evaluate(eval_step, state.params, state.rest, batches)
+
+  # ---------------------------------------------------------------- loop
+  preempted = []
+  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  writer = _Writer(workdir)
+  train_iter = pipeline.TrainIterator(train_source, augment, host_sharding, seed=config.seed,
+                                      start_step=start_step)
+  batches = feeding.prefetch_to_device(
+      ({"image": b["image"], "label": b["label"]} for b in train_iter), batch_sharding)
+  eval_metrics, window_start, window_steps = {}, time.time(), 0
+  _say(f"training steps {start_step + 1}..{total_steps} ({steps_per_epoch} per epoch), "
+       f"global batch {config.batch_size}, lr {base_lr:.3g}")
+  step = start_step
+  for step in range(start_step + 1, total_steps + 1):
+    state, metrics = train_step(state, next(batches))
+    window_steps += 1
+    last = step == total_steps
+    stop = bool(preempted)  # read once: a signal between two reads must not skip the save
+    saving = checkpoints.should_save(step) or last or stop
+    if step % config.log_every_steps == 0 or saving:
+      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not np.isfinite(values["train_loss"]):
+        checkpoints.close()
+        raise UserError(f"loss is {values['train_loss']} at step {step}; stopped. The last "
+                        f"checkpoint (step {checkpoints.latest_step()}) is kept")
+      now = time.time()
+      rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
+      eta = (total_steps - step) * config.batch_size / rate
+      values["images_per_sec"] = rate
+      if step % config.log_every_steps == 0 or last:
+        _say(f"step {step}/{total_steps}  loss {values['train_loss']:.4f}  "
+             f"lr {values['lr']:.3g}  {rate:.1f} img/s  ETA {_duration(eta)}")
+        writer.write(step, values)
+      window_start, window_steps = now, 0
+    if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or last:
+      eval_metrics = {f"eval_{k}": v for k, v in run_eval().items()}
+      writer.write(step, eval_metrics)
+      _say(f"eval at step {step}: " + "  ".join(f"{k[5:]} {v:.4g}" for k, v in
+                                                 eval_metrics.items()))
+    if saving:
+      checkpoints.save(step, state, {"step": step}, meta, force=True)
+    if stop:
+      _say(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
+      break
+  checkpoints.close()
+  writer.close()
+  return eval_metrics
+
+
+def _init_from(state, path, overrides, state_sharding):
+  """Fine-tuning start: parameters from a deit_jax model directory (e.g. converted weights)."""
+  model = checkpoint.load_model(path, **{k: v for k, v in overrides.items()
+                                         if k in ("dtype", "remat", "drop_rate",
+                                                  "drop_path_rate", "attn_drop_rate")})
+  params = nnx.to_pure_dict(ts.split_model(model)[1])
+  if jax.tree.structure(params) != jax.tree.structure(state.params) or any(
+      a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params))):
+    raise UserError(f"init_from {path}: its parameters do not fit the configured model "
+                    "(convert with --num-classes/--img-size to match)")
+  params = jax.device_put(params, state_sharding.params)
+  return state._replace(params=params, ema=params if state.ema else state.ema)
+
+
+def _say(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _initialize_processes():
+  if _CPU_DEVICES.value:
+    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  if _COORDINATOR.value:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _MULTIHOST.value:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+    logging.set_verbosity(logging.WARNING)  # orbax/TF chatter; progress lines are printed
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")  # TF only feeds data; never the accelerator
+  _initialize_processes()
+  try:
+    config = _CONFIG.value
+    config.dataset  # noqa: B018 - config_flags reports a bad config file only on first use
+  except OSError as e:
+    _fail(str(e).split("The above exception")[0])
+  try:
+    train(config, _WORKDIR.value)
+  except (UserError, checkpoint.CheckpointMismatchError, sources.DatasetError,
+          FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with config mistakes (a mistyped --config.key, a bad value, a
+  missing config file) reported as one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    _fail(f"bad flags or config: {str(e)}")
+
+
+def _fail(message: str):
+  text = message.replace("\\n", " ").replace("\\'", "").replace("'", "")
+  print(f"error: {' '.join(text.split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=_parse_flags)

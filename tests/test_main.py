@@ -1,0 +1,111 @@
+"""The trainer end to end, in subprocesses: resume after kill -9 is bitwise exact,
+SIGTERM saves, a foreign checkpoint is refused untouched, bad input is one line."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.model.depth=1", "--config.model.embed_dim=32", "--config.model.num_heads=2",
+        "--config.batch_size=32", "--config.total_steps=40", "--config.log_every_steps=10",
+        "--config.eval_every_steps=0", "--config.checkpoint_every_steps=10",
+        "--config.model.drop_path_rate=0.1"]
+
+
+def _command(workdir, data_dir, *extra):
+  return [sys.executable, "-m", "deit_jax.main", "--config=configs/fashion_mnist_deit_tiny.py",
+          f"--workdir={workdir}", f"--config.data_dir={data_dir}", *TINY, *extra]
+
+
+def _run(workdir, data_dir, *extra, check=True):
+  out = subprocess.run(_command(workdir, data_dir, *extra), cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  if check:
+    assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def _final_params(workdir, step=40):
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  return state["params"]
+
+
+def _assert_bitwise_equal(a, b):
+  import jax
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resume_after_kill_is_bitwise_exact(fmnist_data_dir, tmp_path):
+  straight = tmp_path / "straight"
+  _run(straight, fmnist_data_dir)
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_command(killed, fmnist_data_dir), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "20").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)  # mid-run, possibly mid-save
+  proc.wait()
+  resumed = _run(killed, fmnist_data_dir)
+  assert "resumed from" in resumed.stdout
+  _assert_bitwise_equal(_final_params(straight), _final_params(killed))
+
+
+def test_sigterm_saves_and_exits_cleanly(fmnist_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_command(workdir, fmnist_data_dir, "--config.total_steps=100000",
+                                   "--config.checkpoint_every_steps=0"), cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  assert "SIGTERM: saved step" in out
+  steps = os.listdir(workdir / "checkpoints")
+  assert len(steps) == 1 and int(steps[0]) >= 10, (steps, out[-600:])
+
+
+def test_foreign_checkpoint_is_refused_and_kept(fmnist_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  _run(workdir, fmnist_data_dir, "--config.total_steps=10")
+  before = sorted(os.listdir(workdir / "checkpoints"))
+  out = _run(workdir, fmnist_data_dir, "--config.total_steps=20",
+             "--config.model.embed_dim=64", check=False)
+  assert out.returncode == 2
+  message = out.stderr.strip().splitlines()[-1]
+  assert message.startswith("error:") and "another run" in message and "embed_dim" in message
+  assert sorted(os.listdir(workdir / "checkpoints")) == before
+
+
+def test_mistyped_config_key_is_named(fmnist_data_dir, tmp_path):
+  out = _run(tmp_path / "run", fmnist_data_dir, "--config.bach_size=3", check=False)
+  assert out.returncode != 0
+  assert "bach_size" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_non_finite_loss_stops_naming_the_step(fmnist_data_dir, tmp_path):
+  out = _run(tmp_path / "run", fmnist_data_dir, "--config.optimizer.lr=1e12",
+             "--config.optimizer.warmup_steps=1", check=False)
+  assert out.returncode == 2
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: loss is nan at step") or "loss is inf" in last, last
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "deit_jax.main", "--config=configs/nope.py",
+                        f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert "configs/nope.py" in out.stderr.strip().splitlines()[-1]
