@@ -3,13 +3,15 @@
 Command (2 CPU cores):
     python -m deit_jax.main --config=configs/fashion_mnist_deit_tiny.py --workdir=workdirs/fmnist_deit
 
-Model: deit_tiny_distilled_patch16_224 resized for 28x28 grayscale (patch 4 -> 49 patches,
-width 96, depth 6, 3 heads); no distillation (the cls head is trained, as REFERENCE.md
-section 9 advises for undistilled runs). Recipe: the DeiT losses and AdamW with the small-
+Model: deit_tiny_patch16_224 resized for 28x28 grayscale (patch 4 -> 49 patches, width 96,
+depth 6, 3 heads), the plain (undistilled) variant: without a teacher the distillation
+head would stay untrained and spoil the head average (REFERENCE.md section 9). Recipe: the DeiT losses and AdamW with the small-
 image crop (pad 2 + random 28x28 crop) and flip; RandAugment/erasing/mixup stay off for a
 schedule this short.
-Expected: 1,200 steps of batch 128 (~2.6 epochs), ~9 minutes here; test accuracy ~82%
-(cls head) -- measure with your run, the figure is an estimate from REFERENCE.md section 9.
+Measured (2 CPU cores, this config as is): 1,200 steps of batch 128 (~2.6 epochs) at
+~270 img/s, 10 min 6 s wall-clock including start-up; test top-1 73.0% at step 600 and
+78.2% at step 1,200 (top-5 99.4%). Longer schedules keep improving (REFERENCE.md section 9
+reports 85.6% after 5 epochs of a similar ViT).
 """
 
 import ml_collections
@@ -25,7 +27,7 @@ def get_config():
   config.num_classes = 10
 
   config.model = ml_collections.ConfigDict(dict(
-      name="deit_tiny_distilled_patch16_224", img_size=28, patch_size=4, in_chans=1,
+      name="deit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1,
       embed_dim=96, depth=6, num_heads=3, drop_path_rate=0.05, dtype="float32", remat=False))
 
   config.aug = ml_collections.ConfigDict(dict(
@@ -39,7 +41,7 @@ def get_config():
   config.total_steps = 1200          # > 0 overrides num_epochs
   config.grad_accum_steps = 1
   config.optimizer = ml_collections.ConfigDict(dict(
-      lr=5e-4 * 4, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=100,
+      lr=5e-4 * 8, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=100,
       warmup_epochs=0.0, warmup_lr=1e-6, min_lr=1e-5, grad_clip_norm=0.0))
   config.lr_scale_batch = 512        # lr is per this many examples (DeiT: 5e-4 per 512)
 

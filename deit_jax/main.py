@@ -177,9 +177,11 @@ def train(config, workdir: str) -> dict:
   batches = feeding.prefetch_to_device(
       ({"image": b["image"], "label": b["label"]} for b in train_iter), batch_sharding)
   eval_metrics, window_start, window_steps = {}, time.time(), 0
-  _say(f"training steps {start_step + 1}..{total_steps} ({steps_per_epoch} per epoch), "
-       f"global batch {config.batch_size}, lr {base_lr:.3g}")
-  step = start_step
+  if start_step >= total_steps:
+    _say(f"{workdir} already holds the final step {start_step} of {total_steps}; nothing to do")
+  else:
+    _say(f"training steps {start_step + 1}..{total_steps} ({steps_per_epoch} per epoch), "
+         f"global batch {config.batch_size}, lr {base_lr:.3g}")
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = train_step(state, next(batches))
     window_steps += 1

@@ -2,7 +2,7 @@
 # Sets up deit-jax on a fresh machine: Debian's Fashion-MNIST (the embedded default
 # dataset), a virtual environment in .venv and the package in editable mode.
 #
-#   bash launch/setup.sh            # the package (enough for training and the demo)
+#   bash launch/setup.sh            # the package (enough to train)
 #   bash launch/setup.sh test,torch # plus the test and PyTorch/timm extras
 #
 # Safe to re-run: every step is skipped when already done.
@@ -28,7 +28,7 @@ if [[ ! -f "$fmnist/train-images-idx3-ubyte.gz" ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
   else
     say "warning: $fmnist missing and apt-get unavailable (not root?): the Fashion-MNIST" \
-        "demo needs 'apt-get install dataset-fashion-mnist'"
+        "default dataset needs 'apt-get install dataset-fashion-mnist'"
   fi
 fi
 
