@@ -104,33 +104,12 @@ def state_shardings(model: nnx.Module, tx: optax.GradientTransformation, mesh: M
 
 
 def _match_params(tree, abstract_params, param_shardings, default):
-  """Optimizer-state leaves that mirror the parameter tree (Adam moments) take the
-  parameters' shardings; scalars (counts) and others are replicated."""
+  """Optimizer-state subtrees that mirror the parameter tree (Adam moments) take the
+  parameters' shardings; every other leaf (counts, empty states) is replicated."""
   params_struct = jax.tree.structure(abstract_params)
-
-  def visit(node):
-    try:
-      if jax.tree.structure(node) == params_struct:
-        return param_shardings
-    except Exception:
-      pass
-    return None
-
-  def map_subtrees(node):
-    matched = visit(node)
-    if matched is not None:
-      return matched
-    if isinstance(node, jax.ShapeDtypeStruct):
-      return default
-    if isinstance(node, tuple) and hasattr(node, "_fields"):
-      return type(node)(*[map_subtrees(child) for child in node])
-    if isinstance(node, (tuple, list)):
-      return type(node)(map_subtrees(child) for child in node)
-    if isinstance(node, dict):
-      return {k: map_subtrees(v) for k, v in node.items()}
-    return jax.tree.map(lambda _: default, node)
-
-  return map_subtrees(tree)
+  mirrors = lambda node: jax.tree.structure(node) == params_struct
+  return jax.tree.map(lambda node: param_shardings if mirrors(node) else default, tree,
+                      is_leaf=mirrors)
 
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: Callable,

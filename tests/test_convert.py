@@ -1,9 +1,7 @@
 """Weight import: timm parity for every registered name, adaptation, refusal of bad input."""
 
-import os
 import pickle
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

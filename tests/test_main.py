@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.depth=1", "--config.model.embed_dim=32", "--config.model.num_heads=2",
