@@ -46,7 +46,8 @@ def get_config():
   config.lr_scale_batch = 512        # lr is per this many examples (DeiT: 5e-4 per 512)
 
   config.distill = ml_collections.ConfigDict(dict(
-      type="none", alpha=0.5, tau=1.0, kl_reduction="numel", teacher_logits=""))
+      type="none", alpha=0.5, tau=1.0, kl_reduction="numel", teacher_logits="", teacher="",
+      teacher_dtype="float32"))
 
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.seed = 0

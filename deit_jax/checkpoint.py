@@ -13,6 +13,7 @@ Local paths and ``gs://`` both work (etils.epath).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -171,3 +172,78 @@ class TrainCheckpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+# ---------------------------------------------------------------------------
+# Any saved model, for evaluation, teachers and fine-tuning
+# ---------------------------------------------------------------------------
+
+def _train_checkpoint_step(path: epath.Path) -> tuple[epath.Path, int] | None:
+  """(checkpoints dir, step) for a workdir, its checkpoints/ dir or one step dir."""
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  if path.name.isdigit() and (path / "state").is_dir():
+    return path.parent, int(path.name)
+  if path.is_dir():
+    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
+    if steps:
+      return path, max(steps)
+  return None
+
+
+def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx.Module, dict]:
+  """Rebuilds a model from a training workdir (its latest checkpoint), one orbax step
+  directory, or a model directory written by ``deit_jax.convert`` / ``save_model``.
+
+  ``ema=True`` takes the EMA parameters of a training checkpoint. ``numerics`` override
+  settings that do not change parameter shapes (dtype, remat, drop rates). Returns the
+  model in eval mode and a description {"name", "overrides", "path", "step", "sha256"}.
+  """
+  path = _as_path(path)
+  if (path / MODEL_METADATA).exists():
+    if ema:
+      raise ValueError(f"{path}: a model directory holds one set of weights (no EMA)")
+    metadata = read_metadata(path)
+    model = load_model(path, **numerics)
+    info = {"name": metadata["name"], "overrides": metadata["overrides"], "step": None}
+  else:
+    found = _train_checkpoint_step(path) if path.exists() else None
+    if found is None:
+      raise FileNotFoundError(f"{path}: neither a training workdir, an orbax checkpoint step "
+                              f"nor a deit_jax model directory")
+    directory, step = found
+    meta_file = directory / str(step) / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    overrides = {**meta["model_config"], **numerics}
+    model = create_model(meta["model"], **overrides)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    target = {"ema" if ema else "params": nnx.to_pure_dict(params), "rest": nnx.to_pure_dict(rest)}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(
+          directory / str(step) / "state",
+          args=ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                          abstract)))
+    if ema and not jax.tree.leaves(restored.get("ema", {})):
+      raise ValueError(f"{path}: this run kept no EMA (ema_decay was 0)")
+    nnx.replace_by_pure_dict(params, restored["ema" if ema else "params"])
+    nnx.replace_by_pure_dict(rest, restored["rest"])
+    model = nnx.merge(graphdef, params, rest)
+    info = {"name": meta["model"], "overrides": meta["model_config"], "step": step}
+  model.eval()
+  info["path"] = str(path)
+  info["sha256"] = params_digest(model)
+  return model, info
+
+
+def params_digest(model: nnx.Module) -> str:
+  """SHA-256 over the parameters' names, shapes, dtypes and bytes: identifies a teacher."""
+  digest = hashlib.sha256()
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  for key, variable in sorted(flat, key=lambda kv: tuple(map(str, kv[0]))):
+    value = np.asarray(variable.get_value() if hasattr(variable, "get_value") else variable.value)
+    digest.update("/".join(map(str, key)).encode())
+    digest.update(f"{value.shape}{value.dtype}".encode())
+    digest.update(np.ascontiguousarray(value).tobytes())
+  return digest.hexdigest()

@@ -12,49 +12,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax
 import numpy as np
-from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
-from deit_jax import checkpoint, optim, sharding, train_step as ts
-from deit_jax.data import feeding, mixup, pipeline, sources
+from deit_jax import checkpoint, cli, optim, sharding, train_step as ts
+from deit_jax.cli import UserError, say as _say
+from deit_jax.data import feeding, mixup, pipeline
 from deit_jax.evaluate import evaluate, make_eval_step
 from deit_jax.models import create_model
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (local or gs://)")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0 (multi-process without a cluster "
-                                   "manager)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "jax.distributed.initialize() from the "
-                               "cluster environment (TPU pod, SLURM)")
-_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "simulate N CPU devices")
-
-
-class UserError(Exception):
-  """A mistake in the command or config: reported as one line, exit code 2."""
-
-
-def _augment_config(config) -> pipeline.AugmentConfig:
-  values = config.aug.to_dict()
-  values["randaugment"] = values.get("randaugment") or None
-  values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
-  return pipeline.AugmentConfig(**values)
-
-
-def _model_overrides(config) -> dict:
-  overrides = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-  overrides["num_classes"] = config.num_classes
-  return overrides
+from deit_jax.teacher.feed import TeacherFeed
 
 
 class _Writer:
@@ -93,23 +62,24 @@ def train(config, workdir: str) -> dict:
        f"{jax.process_count()} process(es)")
 
   # ---------------------------------------------------------------- input
-  open_split = lambda split: sources.open_source(
-      config.dataset, split, data_dir=config.data_dir, manual_dir=config.manual_dir)
-  train_source, eval_source = open_split(config.train_split), open_split(config.eval_split)
-  if train_source.num_classes != config.num_classes:
-    raise UserError(f"config.num_classes={config.num_classes} but {config.dataset} has "
-                    f"{train_source.num_classes} classes")
-  augment = _augment_config(config)
+  train_source = cli.open_split(config, config.train_split)
+  eval_source = cli.open_split(config, config.eval_split)
+  augment = cli.augment_config(config)
+  teacher = TeacherFeed(config, train_source, augment, mesh)  # validated before any compute
   host_sharding = pipeline.Sharding(config.batch_size, jax.process_index(), jax.process_count())
   steps_per_epoch = pipeline.steps_per_epoch(train_source.num_examples, config.batch_size)
   total_steps = (config.total_steps if config.total_steps > 0
                  else int(round(config.num_epochs * steps_per_epoch)))
 
   # ---------------------------------------------------------------- model, optimizer
-  name, overrides = config.model.name, _model_overrides(config)
+  name, overrides = config.model.name, cli.model_overrides(config)
   make_model = lambda: create_model(name, seed=config.seed, **overrides)
   abstract_model = nnx.eval_shape(make_model)
   model_def = ts.ModelDef.of(abstract_model)
+  if config.distill.type == "none" and getattr(abstract_model.config, "distilled", False):
+    raise UserError(f"{name} has a distillation head, which distill.type=none would leave "
+                    "untrained (spoiling the head average): train the plain model "
+                    f"({name.replace('_distilled', '')}) or set distill.type")
   opt = config.optimizer
   base_lr = opt.lr * config.batch_size / config.lr_scale_batch
   warmup = opt.warmup_steps if opt.warmup_steps >= 0 else 0
@@ -148,14 +118,12 @@ def train(config, workdir: str) -> dict:
   loss_config = ts.LossConfig(config.num_classes, config.distill.type, config.distill.alpha,
                               config.distill.tau, config.distill.kl_reduction,
                               config.mixup.label_smoothing)
-  if config.distill.type != "none":
-    raise UserError("distillation needs teacher logits, which this version cannot load yet "
-                    "(distill.type must be 'none')")
   step_fn = ts.make_train_step(model_def, tx, schedule, loss_config, mixup_config,
                                ema_decay=config.ema_decay,
                                grad_accum_steps=config.grad_accum_steps,
-                               mixup_groups=1)
-  train_step = ts.jit_train_step(step_fn, state_sharding, mesh, ("image", "label"))
+                               mixup_groups=1, teacher_def=teacher.model_def)
+  train_step = ts.jit_train_step(step_fn, state_sharding, mesh, teacher.batch_keys,
+                                 teacher.sharding)
   batch_sharding = sharding.batch_sharding(mesh)
   eval_step = jax.jit(make_eval_step(model_def),
                       in_shardings=(state_sharding.params, state_sharding.rest,
@@ -173,9 +141,8 @@ def train(config, workdir: str) -> dict:
   signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
   writer = _Writer(workdir)
   train_iter = pipeline.TrainIterator(train_source, augment, host_sharding, seed=config.seed,
-                                      start_step=start_step)
-  batches = feeding.prefetch_to_device(
-      ({"image": b["image"], "label": b["label"]} for b in train_iter), batch_sharding)
+                                      start_step=start_step, views=teacher.views)
+  batches = feeding.prefetch_to_device(map(teacher.join, train_iter), batch_sharding)
   eval_metrics, window_start, window_steps = {}, time.time(), 0
   if start_step >= total_steps:
     _say(f"{workdir} already holds the final step {start_step} of {total_steps}; nothing to do")
@@ -183,7 +150,7 @@ def train(config, workdir: str) -> dict:
     _say(f"training steps {start_step + 1}..{total_steps} ({steps_per_epoch} per epoch), "
          f"global batch {config.batch_size}, lr {base_lr:.3g}")
   for step in range(start_step + 1, total_steps + 1):
-    state, metrics = train_step(state, next(batches))
+    state, metrics = train_step(state, next(batches), *teacher.step_args)
     window_steps += 1
     last = step == total_steps
     stop = bool(preempted)  # read once: a signal between two reads must not skip the save
@@ -219,22 +186,33 @@ def train(config, workdir: str) -> dict:
 
 
 def _init_from(state, path, overrides, state_sharding):
-  """Fine-tuning start: parameters from a deit_jax model directory (e.g. converted weights)."""
-  model = checkpoint.load_model(path, **{k: v for k, v in overrides.items()
-                                         if k in ("dtype", "remat", "drop_rate",
+  """Fine-tuning start: parameters of a model directory (e.g. converted weights), a
+  training workdir or one of its checkpoints. A position embedding of another resolution
+  is resampled to this model's grid (bicubic, like the official fine-tuning code)."""
+  from deit_jax.convert import resample_pos_embed
+  model, _ = checkpoint.load_trained_model(path, **{
+      k: v for k, v in overrides.items() if k in ("dtype", "remat", "drop_rate",
                                                   "drop_path_rate", "attn_drop_rate")})
   params = nnx.to_pure_dict(ts.split_model(model)[1])
-  if jax.tree.structure(params) != jax.tree.structure(state.params) or any(
-      a.shape != b.shape for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params))):
-    raise UserError(f"init_from {path}: its parameters do not fit the configured model "
-                    "(convert with --num-classes/--img-size to match)")
+  if jax.tree.structure(params) != jax.tree.structure(state.params):
+    raise UserError(f"init_from {path}: a {type(model).__name__} with other parameters than "
+                    "the configured model")
+
+  def fit(key_path, loaded, target):
+    if loaded.shape == target.shape:
+      return loaded
+    if jax.tree_util.keystr(key_path).endswith("['pos_embed']"):
+      grid = int(round((target.shape[1] - model.config.num_prefix_tokens) ** 0.5))
+      return resample_pos_embed(np.asarray(loaded), model.config.num_prefix_tokens, grid)
+    raise UserError(f"init_from {path}: {jax.tree_util.keystr(key_path)} has shape "
+                    f"{loaded.shape}, the configured model needs {target.shape} (convert "
+                    "with --num-classes to re-initialise the head)")
+
+  params = jax.tree_util.tree_map_with_path(fit, params, state.params)
   params = jax.device_put(params, state_sharding.params)
-  return state._replace(params=params, ema=params if state.ema else state.ema)
-
-
-def _say(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, flush=True)
+  # EMA starts from the same values in its own buffers (the step donates both).
+  ema = jax.tree.map(lambda x: x.copy(), params) if state.ema else state.ema
+  return state._replace(params=params, ema=ema)
 
 
 def _duration(seconds: float) -> str:
@@ -243,56 +221,8 @@ def _duration(seconds: float) -> str:
       f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _initialize_processes():
-  if _CPU_DEVICES.value:
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-  if _COORDINATOR.value:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  elif _MULTIHOST.value:
-    jax.distributed.initialize()
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _WORKDIR.value is None:
-    raise app.UsageError("--workdir is required")
-  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
-    logging.set_verbosity(logging.WARNING)  # orbax/TF chatter; progress lines are printed
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")  # TF only feeds data; never the accelerator
-  _initialize_processes()
-  try:
-    config = _CONFIG.value
-    config.dataset  # noqa: B018 - config_flags reports a bad config file only on first use
-  except OSError as e:
-    _fail(str(e).split("The above exception")[0])
-  try:
-    train(config, _WORKDIR.value)
-  except (UserError, checkpoint.CheckpointMismatchError, sources.DatasetError,
-          FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv):
-  """absl flag parsing, with config mistakes (a mistyped --config.key, a bad value, a
-  missing config file) reported as one line instead of a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    _fail(f"bad flags or config: {str(e)}")
-
-
-def _fail(message: str):
-  text = message.replace("\\n", " ").replace("\\'", "").replace("'", "")
-  print(f"error: {' '.join(text.split())}", file=sys.stderr)
-  sys.exit(2)
-
-
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=_parse_flags)
+  cli.define_flags()
+  _WORKDIR = cli.flags.DEFINE_string("workdir", None, "run directory (local or gs://)")
+  cli.flags.mark_flag_as_required("workdir")
+  cli.run(lambda config: train(config, _WORKDIR.value))

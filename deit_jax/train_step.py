@@ -76,6 +76,14 @@ def split_model(model: nnx.Module):
   return graphdef, params, rest
 
 
+def model_shardings(model: nnx.Module, mesh: Mesh):
+  """(params, rest) shardings of a model: parameters by the logical-axis rules, the
+  rest (RNG streams, BatchNorm statistics) replicated."""
+  _, params, rest = split_model(model)
+  return (nnx.to_pure_dict(sharding.state_shardings(params, mesh)),
+          jax.tree.map(lambda _: sharding.replicated(mesh), nnx.to_pure_dict(rest)))
+
+
 def init_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
                ema: bool = True) -> TrainState:
   _, params, rest = split_model(model)
@@ -90,9 +98,8 @@ def state_shardings(model: nnx.Module, tx: optax.GradientTransformation, mesh: M
                     ema: bool = True) -> TrainState:
   """Shardings of every TrainState leaf: parameters (and their optimizer moments and EMA)
   by the logical-axis rules, everything else replicated."""
-  _, params, rest = split_model(model)
-  param_shardings = nnx.to_pure_dict(sharding.state_shardings(params, mesh))
-  rest_shardings = jax.tree.map(lambda _: sharding.replicated(mesh), nnx.to_pure_dict(rest))
+  _, params, _ = split_model(model)
+  param_shardings, rest_shardings = model_shardings(model, mesh)
   abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                  nnx.to_pure_dict(params))
   opt_shapes = jax.eval_shape(tx.init, abstract_params)
@@ -115,9 +122,14 @@ def _match_params(tree, abstract_params, param_shardings, default):
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: Callable,
                     loss_config: LossConfig, mixup_config: mixup.MixupConfig | None,
                     *, ema_decay: float = 0.99996, grad_accum_steps: int = 1,
-                    mixup_groups: int = 1) -> Callable:
-  """The pure step ``(state, batch) -> (state, metrics)``; ``batch`` holds "image",
-  "label" and, for distillation with precomputed logits, "teacher_logits"."""
+                    mixup_groups: int = 1, teacher_def: ModelDef | None = None) -> Callable:
+  """The pure step ``(state, batch[, teacher]) -> (state, metrics)``; ``batch`` holds
+  "image", "label" and, for distillation with precomputed logits, "teacher_logits".
+
+  With ``teacher_def`` (online teacher, as in the official code) the step takes the
+  teacher's ``(params, rest)`` as a third argument and runs it in eval mode on the same
+  augmented, mixed images; it receives no gradient.
+  """
 
   def forward_loss(params, rest, images, targets, teacher):
     model = model_def.merge(params, rest)
@@ -135,7 +147,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     _, _, new_rest = split_model(model)
     return loss, terms, outputs, nnx.to_pure_dict(grads), nnx.to_pure_dict(new_rest)
 
-  def step_fn(state: TrainState, batch: dict[str, jax.Array]):
+  def step_fn(state: TrainState, batch: dict[str, jax.Array], teacher_state=None):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images, labels = batch["image"], batch["label"]
     teacher = batch.get("teacher_logits")
@@ -145,6 +157,10 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
                                                    teacher, mixup_groups)
     else:
       targets = labels
+    if teacher_def is not None:
+      teacher_model = teacher_def.merge(*teacher_state)
+      teacher_model.eval()
+      teacher = jax.lax.stop_gradient(teacher_model(images).astype(jnp.float32))
 
     if grad_accum_steps == 1:
       loss, terms, outputs, grads, rest = forward_loss(state.params, state.rest, images,
@@ -197,9 +213,13 @@ def _accumulate(forward_loss, state, images, targets, teacher, steps):
   return loss_sum / steps, terms, outputs, grads, rest
 
 
-def jit_train_step(step_fn, state_sharding: TrainState, mesh: Mesh, batch_keys) -> Callable:
+def jit_train_step(step_fn, state_sharding: TrainState, mesh: Mesh, batch_keys,
+                   teacher_sharding=None) -> Callable:
   """jax.jit with explicit in/out shardings and the state donated."""
   batch_sharding = {k: sharding.batch_sharding(mesh) for k in batch_keys}
   metric_sharding = sharding.replicated(mesh)
-  return jax.jit(step_fn, in_shardings=(state_sharding, batch_sharding),
+  in_shardings = (state_sharding, batch_sharding)
+  if teacher_sharding is not None:
+    in_shardings += (teacher_sharding,)
+  return jax.jit(step_fn, in_shardings=in_shardings,
                  out_shardings=(state_sharding, metric_sharding), donate_argnums=(0,))

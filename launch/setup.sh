@@ -21,14 +21,19 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
   exit 1
 fi
 
-if [[ ! -f "$fmnist/train-images-idx3-ubyte.gz" ]]; then
+# Debian packages: the Fashion-MNIST files (the default dataset) and, with the test extra,
+# the shellcheck linter (tests/test_launch.py runs it on launch/*.sh).
+packages=()
+[[ -f "$fmnist/train-images-idx3-ubyte.gz" ]] || packages+=(dataset-fashion-mnist)
+[[ ",$extras," == *,test,* ]] && ! command -v shellcheck >/dev/null && packages+=(shellcheck)
+if [[ ${#packages[@]} -gt 0 ]]; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    say "installing Debian's dataset-fashion-mnist"
+    say "installing Debian's ${packages[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
   else
-    say "warning: $fmnist missing and apt-get unavailable (not root?): the Fashion-MNIST" \
-        "default dataset needs 'apt-get install dataset-fashion-mnist'"
+    say "warning: apt-get unavailable (not root?): 'apt-get install ${packages[*]}' is" \
+        "needed (dataset-fashion-mnist: the default dataset; shellcheck: the launcher tests)"
   fi
 fi
 
@@ -50,7 +55,7 @@ pip_quiet() {
 }
 pip_quiet install --upgrade pip
 target="$root"
-[[ -n "$extras" ]] && target="$root[$extras]"
+[[ -n "$extras" ]] && target="${root}[$extras]"
 say "installing deit_jax${extras:+[$extras]} (first run: a few minutes)"
 pip_quiet install -e "$target"
 "$venv/bin/python" -c "import deit_jax, jax; print('[setup] deit_jax', deit_jax.__version__, \

@@ -137,3 +137,33 @@ def test_two_processes_reproduce_one_process(fmnist_data_dir, tmp_path):
   assert "2 process(es)" in out.stdout
   np.testing.assert_allclose(_losses(double), _losses(single), rtol=1e-5)
   assert len(_losses(single)) == 4
+
+
+def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, tmp_path):
+  import json
+
+  from deit_jax import checkpoint
+  source = tmp_path / "source"
+  _run(source, fmnist_data_dir, "--config.total_steps=10")
+  # With a zero learning rate, fine-tuning from `source` must keep its weights exactly.
+  _run(tmp_path / "finetune", fmnist_data_dir, f"--config.init_from={source}",
+       "--config.total_steps=2", "--config.optimizer.lr=0", "--config.optimizer.warmup_lr=0",
+       "--config.optimizer.min_lr=0")
+  _assert_bitwise_equal(_final_params(tmp_path / "finetune", step=2), _final_params(source, 10))
+
+  model, info = checkpoint.load_trained_model(source)
+  assert info["step"] == 10
+  checkpoint.save_model(tmp_path / "model_dir", model, name=info["name"],
+                        overrides=info["overrides"])
+  out = subprocess.run([sys.executable, "-m", "deit_jax.evaluate",
+                        "--config=configs/fashion_mnist_deit_tiny.py",
+                        f"--checkpoint={tmp_path / 'model_dir'}",
+                        f"--config.data_dir={fmnist_data_dir}", "--json", *TINY], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  rows = [json.loads(line) for line in (source / "metrics.jsonl").read_text().splitlines()]
+  trained = [row for row in rows if "eval_top1" in row][-1]
+  assert result["num_examples"] == 10000
+  assert abs(result["top1"] - trained["eval_top1"]) < 1e-6
+  assert abs(result["loss"] - trained["eval_loss"]) < 1e-4

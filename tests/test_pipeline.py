@@ -143,7 +143,7 @@ def test_flip_statistics(image_folder):
   config = pipeline.AugmentConfig(image_size=64, crop="pad_crop", pad=0, randaugment=None,
                                   random_erasing=0.0)
   outputs = [pipeline.train_transform(asymmetric, tf.constant([i, 9], tf.int64), source,
-                                      config).numpy() for i in range(400)]
+                                      config)[0].numpy() for i in range(400)]
   flipped = [out[0, 0, 0] > out[0, -1, 0] for out in outputs]
   assert np.mean(flipped) == pytest.approx(0.5, abs=0.07)
 

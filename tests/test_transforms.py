@@ -58,21 +58,26 @@ def test_random_resized_crop_fallback_is_torchvision_centre_crop(height, width, 
 
 
 def test_decode_only_the_crop_window_equals_full_decode_then_crop():
+  from deit_jax.data import pipeline, sources
   image = _texture(375, 500)
   jpeg = tf.io.encode_jpeg(image, quality=95)
   decoded = tf.io.decode_jpeg(jpeg, channels=3)
+  source = lambda encoded: sources.Source("x", "train", 1, 1, 3, encoded, fetch=None)
+  config = pipeline.AugmentConfig(image_size=64)
   for i in range(5):
-    seed = [i, 11]
-    win = transforms.random_resized_crop_window(375, 500, seed).numpy()
-    top, left, h, w = win
-    from_window = transforms.decode_and_random_resized_crop(jpeg, seed, 64)
-    from_full = transforms.random_resized_crop(decoded, seed, 64)
+    seeds = tf.random.experimental.stateless_split(tf.constant([i, 11], tf.int64), 5)
+    view = pipeline.sample_view(jpeg, seeds, source(True), config)
+    assert tuple(view.numpy()) == tuple(pipeline.sample_view(decoded, seeds, source(False),
+                                                             config).numpy())
+    top, left, h, w, _ = view.numpy()
+    from_window = pipeline.apply_view(jpeg, view, source(True), config)
+    from_full = pipeline.apply_view(decoded, view, source(False), config)
     assert from_window.shape == (64, 64, 3)
     assert np.abs(from_window.numpy() - from_full.numpy()).mean() < 0.5
     # The window holds the image's own pixels there; libjpeg's chroma upsampling differs
     # only along the window's edge (a few levels, a fraction of a percent of the pixels).
-    crop = tf.image.decode_and_crop_jpeg(jpeg, win, channels=3).numpy().astype(int)
-    diff = np.abs(crop - decoded.numpy()[top:top + h, left:left + w].astype(int))
+    crop = tf.image.decode_and_crop_jpeg(jpeg, [top, left, h, w], channels=3).numpy()
+    diff = np.abs(crop.astype(int) - decoded.numpy()[top:top + h, left:left + w].astype(int))
     assert diff.max() <= 8 and np.mean(diff > 0) < 0.01
 
 

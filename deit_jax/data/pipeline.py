@@ -104,32 +104,66 @@ def _finish(image, config: AugmentConfig):
   return transforms.normalize(image, config.mean, config.std)
 
 
-def train_transform(example, seed, source: Source, config: AugmentConfig):
-  seeds = tf.random.experimental.stateless_split(seed, 5)
+# A view is int32 [top, left, height, width, flip]: the crop window in the coordinates of
+# the decoded image (rrc) or of the padded image (pad_crop), then the horizontal flip.
+VIEW_FIELDS = 5
+
+
+def _image_shape(image, source: Source):
+  if not source.encoded:
+    return tf.shape(image)[:2]
+  return tf.cond(tf.io.is_jpeg(image), lambda: tf.image.extract_jpeg_shape(image)[:2],
+                 lambda: tf.shape(_decode_full(image, source))[:2])
+
+
+def sample_view(image, seeds, source: Source, config: AugmentConfig) -> tf.Tensor:
+  """Draws the geometric part of the train transform (crop window + flip) as a view."""
   size = config.image_size
-  image = example["image"]
   if config.crop == "rrc":
+    shape = _image_shape(image, source)
+    window = transforms.random_resized_crop_window(shape[0], shape[1], seeds[0],
+                                                   config.rrc_scale, config.rrc_ratio)
+  else:
+    offsets = tf.random.stateless_uniform((2,), seed=seeds[0], minval=0,
+                                          maxval=2 * config.pad + 1, dtype=tf.int32)
+    window = tf.concat([offsets, [size, size]], 0)
+  flip = tf.random.stateless_uniform((), seed=seeds[1]) < 0.5 if config.hflip else False
+  return tf.concat([tf.cast(window, tf.int32), [tf.cast(flip, tf.int32)]], 0)
+
+
+def apply_view(image, view, source: Source, config: AugmentConfig) -> tf.Tensor:
+  """Crops ``view``'s window (JPEGs decode only that window), resizes it to the model's
+  size and flips it: float32 RGB 0..255, size x size."""
+  size = config.image_size
+  top, left, height, width, flip = tf.unstack(tf.cast(view, tf.int32))
+  if config.crop == "rrc":
+    window = tf.stack([top, left, height, width])
+    crop_full = lambda: _decode_full(image, source)[top:top + height, left:left + width]
     if source.encoded:
-      image = tf.cond(
-          tf.io.is_jpeg(image),
-          lambda: transforms.decode_and_random_resized_crop(image, seeds[0], size,
-                                                            config.rrc_scale, config.rrc_ratio),
-          lambda: transforms.random_resized_crop(_decode_full(image, source), seeds[0], size,
-                                                 config.rrc_scale, config.rrc_ratio))
+      crop = tf.cond(tf.io.is_jpeg(image),
+                     lambda: tf.cast(tf.image.decode_and_crop_jpeg(image, window, channels=3),
+                                     tf.float32),
+                     crop_full)
     else:
-      image = transforms.random_resized_crop(_decode_full(image, source), seeds[0], size,
-                                             config.rrc_scale, config.rrc_ratio)
-    image = _to_rgb(image)
+      crop = crop_full()
+    image = transforms.resize(crop, (size, size))
   else:
     image = _decode_full(image, source)
     if image.shape[0] != size or image.shape[1] != size:
       image = transforms.resize(image, (size, size))
     p = config.pad
-    padded = tf.pad(image, [[p, p], [p, p], [0, 0]])
-    image = tf.image.stateless_random_crop(padded, (size, size, 3), seed=seeds[0])
+    image = tf.pad(image, [[p, p], [p, p], [0, 0]])[top:top + size, left:left + size]
   image = tf.ensure_shape(image, (size, size, 3))
-  if config.hflip:
-    image = transforms.random_flip(image, seeds[1])
+  return tf.cond(flip > 0, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def view_transform(example, view, source: Source, config: AugmentConfig):
+  """A stored view without the photometric augmentations: what a teacher sees of it."""
+  return _finish(apply_view(example["image"], view, source, config), config)
+
+
+def photometric_transform(image, seeds, config: AugmentConfig):
+  """What follows the geometry: RandAugment, normalisation, random erasing."""
   if config.randaugment:
     ra_config = randaugment.RandAugmentConfig.from_string(config.randaugment)
     image = randaugment.rand_augment(image, seeds[2], ra_config)
@@ -137,6 +171,24 @@ def train_transform(example, seed, source: Source, config: AugmentConfig):
   if config.random_erasing > 0:
     image = transforms.random_erasing(image, seeds[3], config.random_erasing)
   return image
+
+
+def train_transform(example, seed, source: Source, config: AugmentConfig, views=None):
+  """The train augmentation of one example; returns (image, view index).
+
+  ``views`` (int32 [num_examples, K, 5], from crop-consistent teacher logits) replaces the
+  random crop/flip by one of the example's K stored views, chosen by the seed; the view
+  index (-1 without stored views) lets the host join the matching teacher logits.
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 5)
+  if views is None:
+    view, choice = sample_view(example["image"], seeds, source, config), tf.constant(-1)
+  else:
+    choice = tf.random.stateless_uniform((), seed=seeds[4], minval=0,
+                                         maxval=tf.shape(views)[1], dtype=tf.int32)
+    view = tf.gather(views, example["id"])[choice]
+  image = apply_view(example["image"], view, source, config)
+  return photometric_transform(image, seeds, config), choice
 
 
 def eval_transform(example, source: Source, config: AugmentConfig):
@@ -199,13 +251,17 @@ def _options(threads: int | None = None):
 
 
 def train_dataset(source: Source, config: AugmentConfig, sharding: Sharding, *, seed: int,
-                  start_step: int = 0, threads: int | None = None) -> tf.data.Dataset:
-  """Batches of {"image", "label", "id", "position"} for this process, from ``start_step``."""
+                  start_step: int = 0, threads: int | None = None,
+                  views=None) -> tf.data.Dataset:
+  """Batches of {"image", "label", "id", "view", "position"} for this process, from
+  ``start_step``; ``views`` as in ``train_transform``."""
+  views = None if views is None else tf.constant(views, tf.int32)
 
   def element(index, aug_seed, position):
     example = source.fetch(index)
-    return {"image": train_transform(example, aug_seed, source, config),
-            "label": example["label"], "id": example["id"], "position": position}
+    image, view = train_transform(example, aug_seed, source, config, views)
+    return {"image": image, "label": example["label"], "id": example["id"], "view": view,
+            "position": position}
 
   ds = train_positions(source.num_examples, sharding, seed=seed, repeats=config.repeated_aug,
                        start_step=start_step)
@@ -248,14 +304,14 @@ class TrainIterator:
   """
 
   def __init__(self, source: Source, config: AugmentConfig, sharding: Sharding, *, seed: int,
-               start_step: int = 0):
+               start_step: int = 0, views=None):
     self.source_name = source.name
     self.next_step = start_step
     self.skipped = 0
     self._first_position = start_step * sharding.local_batch
     self._seen = 0
     self._iterator = train_dataset(source, config, sharding, seed=seed,
-                                   start_step=start_step).as_numpy_iterator()
+                                   start_step=start_step, views=views).as_numpy_iterator()
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self

@@ -65,25 +65,6 @@ def random_resized_crop_window(height, width, seed, scale=(0.08, 1.0),
   return tf.cond(tf.reduce_any(fits), sampled, fallback)
 
 
-def decode_and_random_resized_crop(image_bytes: tf.Tensor, seed, size: int,
-                                   scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tf.Tensor:
-  """Decodes only the sampled window (JPEG) and resizes it to size x size (float32, 0..255)."""
-  shape = tf.image.extract_jpeg_shape(image_bytes)
-  top, left, ch, cw = tf.unstack(random_resized_crop_window(shape[0], shape[1], seed, scale,
-                                                            ratio))
-  crop = tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([top, left, ch, cw]), channels=3)
-  return resize(crop, (size, size))
-
-
-def random_resized_crop(image: tf.Tensor, seed, size: int, scale=(0.08, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> tf.Tensor:
-  """The same as ``decode_and_random_resized_crop`` for an already decoded HWC image."""
-  shape = tf.shape(image)
-  top, left, ch, cw = tf.unstack(random_resized_crop_window(shape[0], shape[1], seed, scale,
-                                                            ratio))
-  return resize(image[top:top + ch, left:left + cw], (size, size))
-
-
 def resize(image: tf.Tensor, size) -> tf.Tensor:
   """Bicubic resize (antialiased when shrinking, like PIL) to float32 in the input's range.
 
@@ -97,13 +78,6 @@ def resize(image: tf.Tensor, size) -> tf.Tensor:
       shrinks,
       lambda: tf.image.resize(image, size, method="bicubic", antialias=True),
       lambda: tf.image.resize(image, size, method="bicubic", antialias=False))
-
-
-def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
-  """Horizontal flip with probability 0.5 (a cond: tf.image's version always computes the
-  flipped copy)."""
-  flip = tf.random.stateless_uniform((), seed=seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 def eval_resize_center_crop(image: tf.Tensor, size: int, crop_pct: float = 0.875) -> tf.Tensor:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
+from deit_jax.models.resnet import ResNet, ResNetConfig
 from deit_jax.models.vit import DeiTConfig, VisionTransformer
 
 # name -> (factory(rngs=..., **config) -> module, accepted config keys, defaults)
@@ -35,6 +36,10 @@ def list_models() -> list[str]:
 
 def _vit_factory(*, rngs: nnx.Rngs, **config: Any) -> VisionTransformer:
   return VisionTransformer(DeiTConfig(**config), rngs=rngs)
+
+
+def _resnet_factory(*, rngs: nnx.Rngs, **config: Any) -> ResNet:
+  return ResNet(ResNetConfig(**config), rngs=rngs)
 
 
 def _lookup(name: str):
@@ -90,3 +95,7 @@ for _size, _img in [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]
     _name = f"deit_{_size}{'_distilled' if _distilled else ''}_patch16_{_img}"
     register_model(_name, _vit_factory, DeiTConfig, patch_size=16, img_size=_img, distilled=_distilled,
                    **_DEIT_SIZES[_size])
+
+# Convnet teachers for small images (deit_jax.models.resnet); no timm counterpart.
+for _depth in (8, 14, 20, 32, 56):
+  register_model(f"cifar_resnet{_depth}", _resnet_factory, ResNetConfig, depth=_depth)

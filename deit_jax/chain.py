@@ -1,0 +1,129 @@
+"""The distillation chain end to end: train a teacher, precompute its logits, train a
+DeiT student with hard distillation from them, evaluate both, print the comparison.
+
+    python -m deit_jax.chain --workdir=workdirs/fashion_mnist        # the README's job
+
+Every step is the project's own command line (``deit_jax.main``, ``deit_jax.teacher
+precompute``, ``deit_jax.evaluate``), run as a subprocess with its progress shown, so the
+chain does nothing a user could not do by hand. Re-running reuses what is done: a
+finished training run is not repeated (its workdir holds the final step), finished
+logit shards are kept; ``--fresh`` starts over. Nothing is specific to Fashion-MNIST:
+``--set dataset=imagefolder:/data/x --set num_classes=5`` (and matching ``--set
+aug.*``) runs the same chain on another dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "directory for every run of the chain")
+flags.DEFINE_string("teacher_config", "configs/fashion_mnist_resnet_teacher.py",
+                    "teacher training config")
+flags.DEFINE_string("student_config", "configs/fashion_mnist_deit_tiny_distilled.py",
+                    "student training config (distill.type soft or hard)")
+flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every step "
+                          "(e.g. data_dir=/data/tfds)")
+flags.DEFINE_multi_string("teacher_set", [], "KEY=VALUE override for the teacher only")
+flags.DEFINE_multi_string("student_set", [], "KEY=VALUE override for the student only")
+flags.DEFINE_string("eval_split", "test", "split for evaluation and agreement")
+flags.DEFINE_enum("storage", "topk", ["full", "topk"], "teacher logits storage")
+flags.DEFINE_integer("k", 10, "top-k kept with --storage=topk")
+flags.DEFINE_bool("fresh", False, "delete the workdir first")
+
+
+def _overrides(pairs):
+  out = []
+  for pair in pairs:
+    if "=" not in pair:
+      raise app.UsageError(f"--set expects KEY=VALUE, got {pair!r}")
+    out.append(f"--config.{pair}")
+  return out
+
+
+def _step(number, total, title, args, json_out=None):
+  """Runs ``python -m <args>``, streaming its output; returns its --json result if asked."""
+  command = [sys.executable, "-m", *args]
+  print(f"\n[{number}/{total}] {title}\n    {' '.join(command)}", flush=True)
+  start = time.time()
+  if json_out is None:
+    code = subprocess.call(command)
+    result = None
+  else:
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+      print(line, end="", flush=True)
+      lines.append(line)
+    code = proc.wait()
+    result = json.loads(lines[-1]) if code == 0 and lines else None
+    if result is not None:
+      with open(json_out, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+  if code != 0:
+    print(f"chain: step {number} ({title}) failed with exit code {code}", file=sys.stderr)
+    sys.exit(code)
+  print(f"    done in {time.time() - start:.0f} s", flush=True)
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  work = FLAGS.workdir
+  if FLAGS.fresh and os.path.exists(work):
+    shutil.rmtree(work)
+  os.makedirs(os.path.join(work, "results"), exist_ok=True)
+  common = _overrides(FLAGS.set)
+  teacher_cfg = [f"--config={FLAGS.teacher_config}", *common, *_overrides(FLAGS.teacher_set)]
+  student_cfg = [f"--config={FLAGS.student_config}", *common, *_overrides(FLAGS.student_set)]
+  teacher_dir, student_dir = os.path.join(work, "teacher"), os.path.join(work, "student")
+  train_logits = os.path.join(work, "teacher_logits", "train")
+  eval_logits = os.path.join(work, "teacher_logits", FLAGS.eval_split)
+  storage = [f"--storage={FLAGS.storage}", f"--k={FLAGS.k}"]
+  start = time.time()
+
+  _step(1, 6, "train the teacher", ["deit_jax.main", *teacher_cfg, f"--workdir={teacher_dir}"])
+  _step(2, 6, "precompute teacher logits (train split)",
+        ["deit_jax.teacher", "precompute", *teacher_cfg, f"--checkpoint={teacher_dir}",
+         f"--out={train_logits}", *storage])
+  _step(3, 6, f"precompute teacher logits ({FLAGS.eval_split} split, for agreement)",
+        ["deit_jax.teacher", "precompute", *teacher_cfg, f"--checkpoint={teacher_dir}",
+         f"--split={FLAGS.eval_split}", f"--out={eval_logits}", *storage])
+  _step(4, 6, "train the student with distillation",
+        ["deit_jax.main", *student_cfg, f"--workdir={student_dir}",
+         f"--config.distill.teacher_logits={train_logits}"])
+  teacher = _step(5, 6, "evaluate the teacher",
+                  ["deit_jax.evaluate", *teacher_cfg, f"--checkpoint={teacher_dir}",
+                   f"--split={FLAGS.eval_split}", "--json"],
+                  os.path.join(work, "results", "teacher.json"))
+  student = _step(6, 6, "evaluate the student (and its agreement with the teacher)",
+                  ["deit_jax.evaluate", *student_cfg, f"--checkpoint={student_dir}",
+                   f"--split={FLAGS.eval_split}", f"--teacher_logits={eval_logits}", "--json"],
+                  os.path.join(work, "results", "student.json"))
+  print(table(teacher, student, time.time() - start), flush=True)
+
+
+def table(teacher: dict, student: dict, seconds: float) -> str:
+  rows = [
+      f"\n{student['dataset']} / {student['split']}: {student['num_examples']} images "
+      f"(chain took {seconds / 60:.1f} min)",
+      f"  {'teacher  ' + teacher['model']:48s} top-1 {teacher['top1']:6.2f}%",
+      f"  {'student  ' + student['model']:48s} cls {student['top1_cls']:6.2f}%  "
+      f"dist {student['top1_dist']:6.2f}%  avg {student['top1']:6.2f}%",
+      f"  {'student/teacher agreement':48s} cls {student['agreement_cls']:6.2f}%  "
+      f"dist {student['agreement_dist']:6.2f}%  avg {student['agreement']:6.2f}%",
+  ]
+  return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

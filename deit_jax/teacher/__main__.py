@@ -1,0 +1,110 @@
+"""Teacher logits from the command line.
+
+    python -m deit_jax.teacher precompute --config=<the teacher's config> \
+        --checkpoint=<its workdir, orbax step or model dir> --split=train --out=DIR \
+        [--storage=full|topk --k=10] [--views=K] [--config.key=value ...]
+    python -m deit_jax.teacher precompute --config=configs/deit_base.py --timm=regnety_160 \
+        --timm_weights=regnety_160.pth --split=train --out=gs://BUCKET/logits/regnety160
+    python -m deit_jax.teacher info DIR
+
+``precompute`` is resumable (finished shards are kept) and prints img/s and the storage
+per example; ``info`` prints a store's manifest and size.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from deit_jax import cli
+
+FLAGS = flags.FLAGS
+COMMANDS = ("precompute", "info")
+
+
+def _define_flags():
+  cli.define_flags()
+  flags.DEFINE_string("checkpoint", None, "teacher: training workdir, orbax step or model dir")
+  flags.DEFINE_bool("ema", False, "use the checkpoint's EMA parameters")
+  flags.DEFINE_string("timm", None, "instead of --checkpoint: a timm model name run in "
+                      "PyTorch, e.g. regnety_160")
+  flags.DEFINE_string("timm_weights", None, "weights file for --timm (.pth/.safetensors)")
+  flags.DEFINE_string("split", None, "dataset split (default: the config's train_split)")
+  flags.DEFINE_string("out", None, "output directory (local or gs://)")
+  flags.DEFINE_enum("storage", "full", ["full", "topk"], "all logits (fp16) or the top k")
+  flags.DEFINE_integer("k", 10, "logits kept per example with --storage=topk")
+  flags.DEFINE_integer("views", 0, "crop-consistent views per image (0: one per image, "
+                       "eval transform)")
+  flags.DEFINE_integer("view_seed", 0, "seed of the stored views")
+  flags.DEFINE_integer("batch_size", None, "teacher batch (default: the config's)")
+  flags.DEFINE_integer("shard_size", 10_000, "examples per output file")
+
+
+def precompute(config) -> None:
+  from deit_jax.teacher import precompute as pc
+  if not FLAGS.out:
+    raise cli.UserError("--out is required")
+  if bool(FLAGS.checkpoint) == bool(FLAGS.timm):
+    raise cli.UserError("give exactly one teacher: --checkpoint=PATH or --timm=NAME")
+  source = cli.open_split(config, FLAGS.split or config.train_split)
+  augment = cli.augment_config(config)
+  batch_size = FLAGS.batch_size or config.batch_size
+  if FLAGS.timm:
+    from deit_jax.teacher.torch_teacher import timm_logits_fn
+    logits_fn, teacher = timm_logits_fn(FLAGS.timm, FLAGS.timm_weights,
+                                        num_classes=config.num_classes,
+                                        in_chans=augment.in_chans)
+  else:
+    from deit_jax import checkpoint
+    model, info = checkpoint.load_trained_model(FLAGS.checkpoint, ema=FLAGS.ema)
+    classes = getattr(model.config, "num_classes", None)
+    if classes != config.num_classes:
+      raise cli.UserError(f"{FLAGS.checkpoint} predicts {classes} classes, "
+                          f"config.num_classes is {config.num_classes}")
+    logits_fn = pc.jax_logits_fn(model, batch_size)
+    teacher = {**info, "ema": FLAGS.ema, "framework": "jax"}
+  what = f"{FLAGS.views} views per image" if FLAGS.views else "eval transform"
+  cli.say(f"teacher {teacher['name']} over {source.name}/{source.split} "
+          f"({source.num_examples} examples, {what}) -> {FLAGS.out}")
+  manifest = pc.precompute(logits_fn, source, augment, FLAGS.out, teacher=teacher,
+                           storage=FLAGS.storage, k=FLAGS.k, views=FLAGS.views,
+                           view_seed=FLAGS.view_seed, batch_size=batch_size,
+                           shard_size=FLAGS.shard_size, log=cli.say)
+  _info(FLAGS.out, manifest)
+
+
+def _info(path, manifest=None) -> None:
+  from deit_jax.teacher.store import TeacherLogits
+  logits = TeacherLogits(path)
+  m = logits.manifest
+  rate = m.get("images_per_sec")
+  cli.say(f"{path}: {m['teacher']['name']} on {m['dataset']}/{m['split']}, "
+          f"{m['num_examples']} examples x {m['num_classes']} classes, storage {m['storage']}"
+          + (f" (k={m['k']})" if m["storage"] == "topk" else "")
+          + (f", {m['views']} views per image" if m["views"] else "")
+          + f"; {logits.bytes_per_example():.1f} bytes per example in memory"
+          + (f"; precompute {rate:.0f} img/s" if rate else "")
+          + (f"; MISSING {logits.missing}" if logits.missing else ""))
+
+
+def main():
+  command = sys.argv[1] if len(sys.argv) > 1 else ""
+  if command not in COMMANDS:
+    cli.fail(f"usage: python -m deit_jax.teacher {{{','.join(COMMANDS)}}} ... "
+             f"(got {command!r})")
+  del sys.argv[1]
+  if command == "info":
+    if len(sys.argv) != 2:
+      cli.fail("usage: python -m deit_jax.teacher info DIR")
+    try:
+      _info(sys.argv[1])
+    except cli.user_errors() as e:
+      cli.fail(str(e))
+    return
+  _define_flags()
+  cli.run(precompute)
+
+
+if __name__ == "__main__":
+  main()

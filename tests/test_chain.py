@@ -1,0 +1,78 @@
+"""The README's main job in miniature: teacher -> logits -> distilled student -> evaluation
+(every CLI involved, as subprocesses), then a re-run that reuses what is done, and the
+distillation set-up errors a user can hit."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = ["total_steps=12", "batch_size=32", "model.name=cifar_resnet8",
+           "checkpoint_every_steps=6", "log_every_steps=6"]
+STUDENT = ["total_steps=8", "batch_size=32", "model.depth=1", "model.embed_dim=32",
+           "model.num_heads=2", "checkpoint_every_steps=4", "log_every_steps=4"]
+
+
+def _chain(workdir, data_dir, *extra):
+  command = [sys.executable, "-m", "deit_jax.chain", f"--workdir={workdir}",
+             f"--set=data_dir={data_dir}", *(f"--teacher_set={s}" for s in TEACHER),
+             *(f"--student_set={s}" for s in STUDENT), "--k=3", *extra]
+  out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+def test_chain_end_to_end_and_rerun_reuses(fmnist_data_dir, tmp_path):
+  work = tmp_path / "chain"
+  first = _chain(work, fmnist_data_dir)
+  student = json.loads((work / "results" / "student.json").read_text())
+  teacher = json.loads((work / "results" / "teacher.json").read_text())
+  assert student["num_examples"] == teacher["num_examples"] == 10000
+  for key in ("top1", "top5", "top1_cls", "top1_dist", "loss", "agreement",
+              "agreement_cls", "agreement_dist"):
+    assert key in student, key
+  # The teacher logits of the eval split are the teacher's own predictions.
+  assert abs(student["teacher_top1"] - teacher["top1"]) < 0.05
+  assert "student/teacher agreement" in first and "[6/6]" in first
+  manifest = json.loads((work / "teacher_logits" / "train" / "manifest.json").read_text())
+  assert manifest["teacher"]["name"] == "cifar_resnet8" and manifest["k"] == 3
+  assert manifest["num_examples"] == 60000 and manifest["teacher"]["step"] == 12
+
+  second = _chain(work, fmnist_data_dir)
+  assert second.count("nothing to do") == 2 and second.count("reusing") == 2
+  assert json.loads((work / "results" / "student.json").read_text())["top1"] == student["top1"]
+
+
+def _main(workdir, data_dir, *extra):
+  command = [sys.executable, "-m", "deit_jax.main",
+             "--config=configs/fashion_mnist_deit_tiny_distilled.py", f"--workdir={workdir}",
+             f"--config.data_dir={data_dir}", *(f"--config.{s}" for s in STUDENT), *extra]
+  return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_distillation_setup_errors_are_one_line(fmnist_data_dir, tmp_path):
+  from deit_jax.teacher import store
+  # Logits of the test split offered for training on the train split.
+  logits = tmp_path / "logits"
+  logits.mkdir()
+  ids = list(range(10000))
+  store.write_shard(str(logits), ids, store.compress([[0.0] * 10] * 10000, "topk", 1))
+  store.write_manifest(str(logits), {
+      "dataset": "fashion_mnist", "split": "test", "num_examples": 10000, "num_classes": 10,
+      "storage": "topk", "k": 1, "views": 0, "teacher": {"name": "t"},
+      "shards": [store.shard_name(0, 10000)]})
+  cases = [
+      ([f"--config.distill.teacher_logits={logits}"], "split: logits test vs run train"),
+      ([], "needs exactly one of distill.teacher_logits"),
+      ([f"--config.distill.teacher_logits={tmp_path}"], "no manifest.json"),
+      (["--config.distill.type=none"], "would leave untrained"),
+      (["--config.distill.teacher=/nonexistent"], "neither a training workdir"),
+  ]
+  for extra, message in cases:
+    out = _main(tmp_path / "run", fmnist_data_dir, *extra)
+    assert out.returncode == 2, (extra, out.stderr[-2000:])
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], (extra, lines[-3:])
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step

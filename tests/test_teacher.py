@@ -1,0 +1,185 @@
+"""Teacher logits: stores round-trip, join by id, validation, crop-consistent replay, the
+online teacher, the CNN teacher."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from deit_jax import train_step as ts
+from deit_jax.data import pipeline, sources
+from deit_jax.models import create_model
+from deit_jax.teacher import precompute as pc
+from deit_jax.teacher import store as st
+
+
+def _logits_of(ids, num_classes=10):
+  """A deterministic, distinct logit row per id."""
+  ids = np.asarray(ids, np.float64)[:, None]
+  return (np.sin(ids * 0.37 + np.arange(num_classes) * 1.3) * 4).astype(np.float32)
+
+
+def _write_store(path, n, num_classes=10, storage="full", k=3, missing=(), **manifest):
+  path.mkdir(parents=True, exist_ok=True)
+  ids = np.array([i for i in range(n) if i not in set(missing)])
+  for chunk in np.array_split(ids, 3):
+    st.write_shard(str(path), chunk, st.compress(_logits_of(chunk, num_classes), storage, k))
+  names = sorted(p.name for p in path.iterdir() if p.name.startswith("logits-"))
+  st.write_manifest(str(path), {"dataset": "fashion_mnist", "split": "test", "num_examples": n,
+                                "num_classes": num_classes, "storage": storage, "k": k,
+                                "views": 0, "teacher": {"name": "t"}, "shards": names,
+                                **manifest})
+
+
+@pytest.mark.parametrize("storage", ["full", "topk"])
+def test_store_round_trip(tmp_path, storage):
+  _write_store(tmp_path, 50, storage=storage, k=3)
+  logits = st.TeacherLogits(str(tmp_path))
+  ids = np.array([7, 0, 49, 7, 23])
+  dense, exact = logits.lookup(ids), _logits_of(ids)
+  np.testing.assert_array_equal(dense.argmax(-1), exact.argmax(-1))
+  if storage == "full":
+    np.testing.assert_allclose(dense, exact, atol=4e-3)  # fp16
+    assert logits.bytes_per_example() == 10 * 2
+  else:
+    top = np.argsort(-exact, -1)[:, :3]
+    np.testing.assert_allclose(np.take_along_axis(dense, top, -1),
+                               np.take_along_axis(exact, top, -1), atol=4e-3)
+    # The mass outside the top k is kept exactly (at T=1), spread evenly.
+    p_dense, p_exact = jax.nn.softmax(dense), jax.nn.softmax(exact)
+    outside = lambda p: 1 - np.take_along_axis(np.asarray(p), top, -1).sum(-1)
+    np.testing.assert_allclose(outside(p_dense), outside(p_exact), atol=2e-3)
+    assert logits.bytes_per_example() == 3 * 2 + 3 * 2 + 2  # uint16 + fp16 values + fill
+
+
+def test_validation_names_mismatch_and_missing_ids(tmp_path):
+  _write_store(tmp_path / "a", 50, missing=(3, 4, 40))
+  logits = st.TeacherLogits(str(tmp_path / "a"))
+  assert logits.missing == 3
+  with pytest.raises(st.TeacherLogitsError, match="miss 3 of 50 examples .first missing id 3"):
+    logits.validate(dataset="fashion_mnist", split="test", num_examples=50, num_classes=10)
+  _write_store(tmp_path / "b", 50)
+  with pytest.raises(st.TeacherLogitsError, match="split: logits 'test' vs run 'train'; "
+                     "num_examples: logits 50 vs run 60000"):
+    st.TeacherLogits(str(tmp_path / "b")).validate(dataset="fashion_mnist", split="train",
+                                                   num_examples=60000, num_classes=10)
+  with pytest.raises(st.TeacherLogitsError, match="no manifest.json"):
+    st.TeacherLogits(str(tmp_path))
+
+
+def test_join_by_id_under_shuffling_and_two_processes(fmnist_data_dir, tmp_path):
+  source = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir)
+  _write_store(tmp_path, source.num_examples, storage="topk", k=10)
+  logits = st.TeacherLogits(str(tmp_path))
+  logits.validate(dataset="fashion_mnist", split="test", num_examples=10000, num_classes=10)
+  config = pipeline.AugmentConfig(image_size=28, crop="pad_crop", pad=2, randaugment=None,
+                                  random_erasing=0.0, in_chans=1, mean=(0.5,), std=(0.5,),
+                                  repeated_aug=2)
+  global_ids = {}
+  for p in range(2):
+    it = pipeline.TrainIterator(source, config, pipeline.Sharding(32, p, 2), seed=3,
+                                start_step=5)
+    for step in range(3):
+      batch = next(it)
+      np.testing.assert_allclose(logits.lookup(batch["id"]), _logits_of(batch["id"]),
+                                 atol=4e-3)
+      global_ids.setdefault(step, []).append(batch["id"])
+  single = pipeline.TrainIterator(source, config, pipeline.Sharding(32), seed=3, start_step=5)
+  for step in range(3):
+    np.testing.assert_array_equal(np.concatenate(global_ids[step]), next(single)["id"])
+
+
+def test_crop_consistent_views_replay_exactly(fmnist_data_dir, tmp_path):
+  source = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir)
+  source.num_examples = 40  # the first 40 ids
+  config = pipeline.AugmentConfig(image_size=28, crop="pad_crop", pad=2, randaugment=None,
+                                  random_erasing=0.0, in_chans=1, mean=(0.5,), std=(0.5,),
+                                  repeated_aug=1)
+  seen = []
+
+  def recording_teacher(images):
+    seen.append(images.copy())
+    return np.tile(images.reshape(len(images), -1).sum(-1, keepdims=True), (1, 10))
+
+  pc.precompute(recording_teacher, source, config, str(tmp_path), teacher={"name": "rec"},
+                views=3, view_seed=5, batch_size=16, shard_size=25, log=lambda _: None)
+  logits = st.TeacherLogits(str(tmp_path))
+  teacher_images = np.concatenate(seen).reshape(40, 3, 28, 28, 1)
+  views = logits.views
+  assert views.shape == (40, 3, 5) and len(np.unique(views.reshape(-1, 5), axis=0)) > 20
+  it = pipeline.TrainIterator(source, config, pipeline.Sharding(20), seed=1, views=views)
+  chosen = []
+  for _ in range(4):
+    batch = next(it)
+    for image, i, v in zip(batch["image"], batch["id"], batch["view"]):
+      np.testing.assert_array_equal(image, teacher_images[i, v])  # the very same crop
+      chosen.append(v)
+    np.testing.assert_allclose(logits.lookup(batch["id"], batch["view"])[:, 0],
+                               teacher_images[batch["id"], batch["view"]].sum((1, 2, 3)),
+                               rtol=1e-3)
+  assert set(chosen) == {0, 1, 2}
+
+
+def _tiny_setup(distill="hard"):
+  model = create_model("deit_tiny_distilled_patch16_224", img_size=16, patch_size=8,
+                       in_chans=1, embed_dim=16, depth=1, num_heads=2, num_classes=10)
+  teacher = create_model("cifar_resnet8", img_size=16, in_chans=1, num_classes=10, seed=4)
+  tx = optax.adamw(1e-3)
+  state = ts.init_state(model, tx, seed=0, ema=False)
+  loss_config = ts.LossConfig(10, distill, 0.5, 1.0)
+  return model, teacher, tx, state, loss_config
+
+
+def test_online_teacher_gets_no_gradient_and_matches_precomputed():
+  model, teacher, tx, state, loss_config = _tiny_setup()
+  teacher.eval()
+  images = jax.random.normal(jax.random.key(0), (8, 16, 16, 1))
+  labels = jnp.arange(8) % 10
+  tdef = ts.ModelDef.of(teacher)
+  _, tparams, trest = ts.split_model(teacher)
+  tstate = (nnx.to_pure_dict(tparams), nnx.to_pure_dict(trest))
+  online = ts.make_train_step(ts.ModelDef.of(model), tx, lambda s: 1e-3, loss_config, None,
+                              ema_decay=0.0, teacher_def=tdef)
+  offline = ts.make_train_step(ts.ModelDef.of(model), tx, lambda s: 1e-3, loss_config, None,
+                               ema_decay=0.0)
+  batch = {"image": images, "label": labels}
+  _, m_online = online(state, batch, tstate)
+  _, m_offline = offline(state, {**batch, "teacher_logits": teacher(images)})
+  np.testing.assert_allclose(m_online["train_loss"], m_offline["train_loss"], rtol=1e-6)
+  assert float(m_online["loss_distill"]) > 0
+  grads = jax.grad(lambda p: online(state, batch, (p, tstate[1]))[1]["train_loss"])(tstate[0])
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_cnn_teacher_trains_and_keeps_batch_statistics():
+  model = create_model("cifar_resnet8", img_size=16, in_chans=1, num_classes=10)
+  tx = optax.adam(3e-3)
+  state = ts.init_state(model, tx, seed=0, ema=False)
+  step = jax.jit(ts.make_train_step(ts.ModelDef.of(model), tx, lambda s: 3e-3,
+                                    ts.LossConfig(10, "none", label_smoothing=0.0), None,
+                                    ema_decay=0.0))
+  key = jax.random.key(1)
+  labels = jnp.arange(32) % 10
+  images = jax.random.normal(key, (32, 16, 16, 1)) * 0.3 + labels[:, None, None, None] / 5
+  first_mean = jax.tree.leaves(state.rest)
+  losses = []
+  for _ in range(50):
+    state, metrics = step(state, {"image": images, "label": labels})
+    losses.append(float(metrics["train_loss"]))
+  assert losses[-1] < 0.3 * losses[0], losses
+  moved = [float(jnp.abs(a - b).max()) for a, b in zip(first_mean, jax.tree.leaves(state.rest))
+           if a.dtype == jnp.float32]
+  assert moved and max(moved) > 0.01  # BatchNorm running statistics are in the state
+  trained = ts.ModelDef.of(model).merge(state.params, state.rest)
+  trained.eval()
+  accuracy = float(jnp.mean(jnp.argmax(trained(images), -1) == labels))
+  assert accuracy == 1.0  # eval mode (running averages) fits the batch too
+
+
+def test_resnet_configs():
+  assert sum(x.size for x in jax.tree.leaves(nnx.state(create_model("cifar_resnet20"),
+                                                       nnx.Param))) == 272_474  # He et al.
+  with pytest.raises(ValueError, match="depth must be 6n"):
+    create_model("cifar_resnet20", depth=21)
