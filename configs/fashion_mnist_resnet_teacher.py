@@ -4,16 +4,16 @@ Commands (2 CPU cores):
     python -m deit_jax.main --config=configs/fashion_mnist_resnet_teacher.py \
         --workdir=workdirs/fmnist_teacher                      # quick: 1 epoch
     python -m deit_jax.main --config=configs/fashion_mnist_resnet_teacher.py:full \
-        --workdir=workdirs/fmnist_teacher_full                 # 15 epochs
+        --workdir=workdirs/fmnist_teacher_full                 # 10 epochs
 
 DeiT's finding is that a convnet teacher beats a transformer teacher of equal accuracy;
 this ResNet (He et al. 2016, CIFAR variant, zero-init last BN per block) is that teacher
-for 28x28 images. Recipe: AdamW (lr 1e-3 at batch 128, i.e. 4e-3 per 512), weight decay
-0.05, label smoothing 0.1, pad-2 random crop + flip, cosine schedule, fp32.
+for 28x28 images. Recipe: AdamW (lr 3e-3 at batch 128, i.e. 1.2e-2 per 512), weight
+decay 0.05, no label smoothing, pad-2 random crop + flip, warm-up + cosine, fp32.
 
-Measured on this kind of machine (2 CPU cores), ~270 img/s:
-  quick (468 steps = 1 epoch, ~4 min):  test top-1 see README (reproduction table)
-  full (7,020 steps = 15 epochs, ~60 min): test top-1 see README (reproduction table)
+Measured on this kind of machine (2 CPU cores, ~270 img/s):
+  quick (468 steps = 1 epoch): 4 min 18 s, test top-1 84.67% (what the chain trains)
+  full (4,680 steps = 10 epochs, ~40 min): see README "Fashion-MNIST reproduction"
 """
 
 import ml_collections
@@ -28,9 +28,10 @@ def get_config(variant: str = "quick"):
   config.model = ml_collections.ConfigDict(dict(
       name="cifar_resnet20", img_size=28, in_chans=1, width=1, drop_rate=0.0,
       dtype="float32"))
-  config.total_steps = 468 if variant == "quick" else 468 * 15
-  config.optimizer.lr = 1e-3 * 4
+  config.total_steps = 468 if variant == "quick" else 468 * 10
+  config.optimizer.lr = 3e-3 * 4
   config.optimizer.warmup_steps = 50 if variant == "quick" else 200
+  config.mixup.label_smoothing = 0.0
   config.ema_decay = 0.0
   config.eval_every_steps = 0 if variant == "quick" else 468 * 5
   config.checkpoint_every_steps = 234

@@ -34,8 +34,10 @@ flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every step "
 flags.DEFINE_multi_string("teacher_set", [], "KEY=VALUE override for the teacher only")
 flags.DEFINE_multi_string("student_set", [], "KEY=VALUE override for the student only")
 flags.DEFINE_string("eval_split", "test", "split for evaluation and agreement")
-flags.DEFINE_enum("storage", "topk", ["full", "topk"], "teacher logits storage")
+flags.DEFINE_enum("storage", "full", ["full", "topk"], "teacher logits storage: full is 2 "
+                  "bytes per class, topk 4k + 2 bytes (smaller above 2k + 1 classes)")
 flags.DEFINE_integer("k", 10, "top-k kept with --storage=topk")
+flags.DEFINE_integer("precompute_batch_size", 500, "teacher batch when precomputing logits")
 flags.DEFINE_bool("fresh", False, "delete the workdir first")
 
 
@@ -87,35 +89,37 @@ def main(argv):
   teacher_dir, student_dir = os.path.join(work, "teacher"), os.path.join(work, "student")
   train_logits = os.path.join(work, "teacher_logits", "train")
   eval_logits = os.path.join(work, "teacher_logits", FLAGS.eval_split)
-  storage = [f"--storage={FLAGS.storage}", f"--k={FLAGS.k}"]
+  storage = [f"--storage={FLAGS.storage}", f"--k={FLAGS.k}",
+             f"--batch_size={FLAGS.precompute_batch_size}"]
   start = time.time()
 
-  _step(1, 6, "train the teacher", ["deit_jax.main", *teacher_cfg, f"--workdir={teacher_dir}"])
-  _step(2, 6, "precompute teacher logits (train split)",
+  # Training runs skip their own final evaluation (-1): step 5 evaluates the student with
+  # the teacher's eval-split logits, which also give the teacher's accuracy.
+  no_eval = "--config.eval_every_steps=-1"
+  _step(1, 5, "train the teacher",
+        ["deit_jax.main", *teacher_cfg, f"--workdir={teacher_dir}", no_eval])
+  _step(2, 5, "precompute teacher logits (train split)",
         ["deit_jax.teacher", "precompute", *teacher_cfg, f"--checkpoint={teacher_dir}",
          f"--out={train_logits}", *storage])
-  _step(3, 6, f"precompute teacher logits ({FLAGS.eval_split} split, for agreement)",
+  _step(3, 5, f"precompute teacher logits ({FLAGS.eval_split} split, for agreement)",
         ["deit_jax.teacher", "precompute", *teacher_cfg, f"--checkpoint={teacher_dir}",
          f"--split={FLAGS.eval_split}", f"--out={eval_logits}", *storage])
-  _step(4, 6, "train the student with distillation",
+  _step(4, 5, "train the student with distillation",
         ["deit_jax.main", *student_cfg, f"--workdir={student_dir}",
-         f"--config.distill.teacher_logits={train_logits}"])
-  teacher = _step(5, 6, "evaluate the teacher",
-                  ["deit_jax.evaluate", *teacher_cfg, f"--checkpoint={teacher_dir}",
-                   f"--split={FLAGS.eval_split}", "--json"],
-                  os.path.join(work, "results", "teacher.json"))
-  student = _step(6, 6, "evaluate the student (and its agreement with the teacher)",
+         f"--config.distill.teacher_logits={train_logits}", no_eval])
+  student = _step(5, 5, "evaluate the student (and its agreement with the teacher)",
                   ["deit_jax.evaluate", *student_cfg, f"--checkpoint={student_dir}",
                    f"--split={FLAGS.eval_split}", f"--teacher_logits={eval_logits}", "--json"],
                   os.path.join(work, "results", "student.json"))
-  print(table(teacher, student, time.time() - start), flush=True)
+  teacher = json.load(open(os.path.join(train_logits, "manifest.json")))["teacher"]
+  print(table(teacher["name"], student, time.time() - start), flush=True)
 
 
-def table(teacher: dict, student: dict, seconds: float) -> str:
+def table(teacher: str, student: dict, seconds: float) -> str:
   rows = [
       f"\n{student['dataset']} / {student['split']}: {student['num_examples']} images "
       f"(chain took {seconds / 60:.1f} min)",
-      f"  {'teacher  ' + teacher['model']:48s} top-1 {teacher['top1']:6.2f}%",
+      f"  {'teacher  ' + teacher:48s} top-1 {student['teacher_top1']:6.2f}%",
       f"  {'student  ' + student['model']:48s} cls {student['top1_cls']:6.2f}%  "
       f"dist {student['top1_dist']:6.2f}%  avg {student['top1']:6.2f}%",
       f"  {'student/teacher agreement':48s} cls {student['agreement_cls']:6.2f}%  "

@@ -170,7 +170,8 @@ def train(config, workdir: str) -> dict:
              f"lr {values['lr']:.3g}  {rate:.1f} img/s  ETA {_duration(eta)}")
         writer.write(step, values)
       window_start, window_steps = now, 0
-    if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or last:
+    if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or (
+        last and config.eval_every_steps >= 0):  # < 0: no evaluation at all
       eval_metrics = {f"eval_{k}": v for k, v in run_eval().items()}
       writer.write(step, eval_metrics)
       _say(f"eval at step {step}: " + "  ".join(f"{k[5:]} {v:.4g}" for k, v in

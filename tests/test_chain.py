@@ -1,45 +1,63 @@
 """The README's main job in miniature: teacher -> logits -> distilled student -> evaluation
-(every CLI involved, as subprocesses), then a re-run that reuses what is done, and the
-distillation set-up errors a user can hit."""
+(every CLI involved, as subprocesses) on an image-folder dataset -- nothing in the chain is
+tied to Fashion-MNIST -- then a re-run that reuses what is done, and the distillation
+set-up errors a user can hit."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
+import tensorflow as tf
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEACHER = ["total_steps=12", "batch_size=32", "model.name=cifar_resnet8",
+TEACHER = ["total_steps=12", "batch_size=16", "model.name=cifar_resnet8",
            "checkpoint_every_steps=6", "log_every_steps=6"]
-STUDENT = ["total_steps=8", "batch_size=32", "model.depth=1", "model.embed_dim=32",
+STUDENT = ["total_steps=8", "batch_size=16", "model.depth=1", "model.embed_dim=32",
            "model.num_heads=2", "checkpoint_every_steps=4", "log_every_steps=4"]
 
 
-def _chain(workdir, data_dir, *extra):
+def _image_folder(root):
+  """3 classes of 28x28 PNGs (bright top / bright left / dark), 16 train + 4 test each."""
+  rng = np.random.RandomState(0)
+  for split, count in (("train", 16), ("test", 4)):
+    for c, name in enumerate(("top", "left", "dark")):
+      os.makedirs(root / split / name)
+      for i in range(count):
+        image = rng.randint(0, 60, (28, 28, 1)).astype(np.uint8)
+        if c == 0:
+          image[:10] += 150
+        elif c == 1:
+          image[:, :10] += 150
+        (root / split / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+  return f"imagefolder:{root}"
+
+
+def _chain(workdir, dataset, *extra):
   command = [sys.executable, "-m", "deit_jax.chain", f"--workdir={workdir}",
-             f"--set=data_dir={data_dir}", *(f"--teacher_set={s}" for s in TEACHER),
-             *(f"--student_set={s}" for s in STUDENT), "--k=3", *extra]
+             f"--set=dataset={dataset}", "--set=num_classes=3",
+             *(f"--teacher_set={s}" for s in TEACHER),
+             *(f"--student_set={s}" for s in STUDENT), "--storage=topk", "--k=3", *extra]
   out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   return out.stdout
 
 
-def test_chain_end_to_end_and_rerun_reuses(fmnist_data_dir, tmp_path):
-  work = tmp_path / "chain"
-  first = _chain(work, fmnist_data_dir)
+def test_chain_end_to_end_and_rerun_reuses(tmp_path):
+  work, dataset = tmp_path / "chain", _image_folder(tmp_path / "images")
+  first = _chain(work, dataset)
   student = json.loads((work / "results" / "student.json").read_text())
-  teacher = json.loads((work / "results" / "teacher.json").read_text())
-  assert student["num_examples"] == teacher["num_examples"] == 10000
+  assert student["num_examples"] == 12
   for key in ("top1", "top5", "top1_cls", "top1_dist", "loss", "agreement",
               "agreement_cls", "agreement_dist"):
     assert key in student, key
-  # The teacher logits of the eval split are the teacher's own predictions.
-  assert abs(student["teacher_top1"] - teacher["top1"]) < 0.05
-  assert "student/teacher agreement" in first and "[6/6]" in first
+  assert "student/teacher agreement" in first and "[5/5]" in first
   manifest = json.loads((work / "teacher_logits" / "train" / "manifest.json").read_text())
   assert manifest["teacher"]["name"] == "cifar_resnet8" and manifest["k"] == 3
-  assert manifest["num_examples"] == 60000 and manifest["teacher"]["step"] == 12
+  assert manifest["num_examples"] == 48 and manifest["teacher"]["step"] == 12
 
-  second = _chain(work, fmnist_data_dir)
+  second = _chain(work, dataset)
   assert second.count("nothing to do") == 2 and second.count("reusing") == 2
   assert json.loads((work / "results" / "student.json").read_text())["top1"] == student["top1"]
 
@@ -65,9 +83,7 @@ def test_distillation_setup_errors_are_one_line(fmnist_data_dir, tmp_path):
   cases = [
       ([f"--config.distill.teacher_logits={logits}"], "split: logits test vs run train"),
       ([], "needs exactly one of distill.teacher_logits"),
-      ([f"--config.distill.teacher_logits={tmp_path}"], "no manifest.json"),
       (["--config.distill.type=none"], "would leave untrained"),
-      (["--config.distill.teacher=/nonexistent"], "neither a training workdir"),
   ]
   for extra, message in cases:
     out = _main(tmp_path / "run", fmnist_data_dir, *extra)

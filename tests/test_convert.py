@@ -38,7 +38,7 @@ def _torch_logits(model, x):
   return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [n for n in list_models() if n.startswith("deit_")])
 def test_parity_with_timm(name, tmp_path):
   reference = _perturbed_timm_model(name)
   state_dict = reference.state_dict()

@@ -183,3 +183,9 @@ def test_resnet_configs():
                                                        nnx.Param))) == 272_474  # He et al.
   with pytest.raises(ValueError, match="depth must be 6n"):
     create_model("cifar_resnet20", depth=21)
+
+
+def test_unknown_checkpoint_path_is_named(tmp_path):
+  from deit_jax import checkpoint
+  with pytest.raises(FileNotFoundError, match="neither a training workdir"):
+    checkpoint.load_trained_model(tmp_path / "nothing")

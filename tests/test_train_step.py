@@ -45,8 +45,8 @@ def test_fsdp_shards_deit_base_state():
   assert ratio <= 0.15
 
 
-def _setup(accum=1, mixup_config=None, distillation="hard", ema_decay=0.5):
-  model = create_model("deit_tiny_distilled_patch16_224", **SMALL)
+def _setup(accum=1, mixup_config=None, distillation="hard", ema_decay=0.5, **overrides):
+  model = create_model("deit_tiny_distilled_patch16_224", **SMALL, **overrides)
   schedule = optim.warmup_cosine(1e-3, 100, 2)
   tx = optim.adamw(schedule, nnx.to_pure_dict(ts.split_model(model)[1]))
   step = ts.make_train_step(ts.ModelDef.of(model), tx, schedule,
@@ -70,6 +70,20 @@ def test_gradient_accumulation_matches_full_batch():
   np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(accum.params)):
     np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_bf16_compute_keeps_fp32_master_weights():
+  step32, state32 = _setup()
+  step16, state16 = _setup(dtype="bfloat16")
+  new32, m32 = step32(state32, _batch())
+  new16, m16 = step16(state16, _batch())
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((new16.params, new16.opt_state,
+                                                               new16.ema))
+             if jnp.issubdtype(x.dtype, jnp.floating))
+  np.testing.assert_allclose(m16["train_loss"], m32["train_loss"], rtol=2e-2)
+  moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new16.params),
+                                                        jax.tree.leaves(state16.params))]
+  assert max(moved) > 0
 
 
 def test_ema_tracks_parameters():

@@ -1,0 +1,190 @@
+"""The paper's distillation ablation on Fashion-MNIST: every run, resumable, then a table
+(mean +- spread over seeds) and a PNG of the training curves.
+
+    .venv/bin/python launch/reproduce_fashion_mnist.py --workdir=workdirs/reproduce \
+        [--seeds=0,1] [--only=none,hard] [--report_only] [--set=data_dir=...]
+
+Runs (same student architecture and budget: configs/fashion_mnist_deit_tiny*.py, 1,200
+steps; the teacher is configs/fashion_mnist_resnet_teacher.py:full):
+
+  none          plain DeiT student, no distillation
+  soft          soft distillation, the official code's setting (tau 1, alpha 0.5)
+  soft_paper    soft distillation, the paper's setting (T 3, lambda 0.1)
+  hard          hard distillation from per-image precomputed CNN logits
+  hard_views    hard distillation from crop-consistent precomputed logits (4 views/image)
+  hard_online   hard distillation from the CNN run online on the same augmented batch
+  hard_vit      hard distillation from a transformer teacher (the `none` run of seed 0)
+
+Each step is one of the project's commands (deit_jax.main / teacher / evaluate) run as a
+subprocess; a finished run is not repeated, an interrupted one resumes from its
+checkpoints, so the script can be stopped and restarted at any time (e.g. across
+sessions). Results land in <workdir>/results/*.json; the report goes to stdout,
+<workdir>/table.md and <workdir>/fashion_mnist.png (needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+PLAIN = "configs/fashion_mnist_deit_tiny.py"
+STUDENT = "configs/fashion_mnist_deit_tiny_distilled.py:full"
+TEACHER = "configs/fashion_mnist_resnet_teacher.py:full"
+VARIANTS = {  # in the order they run (seed 0 of every variant first)
+    "none": (PLAIN, []),
+    "hard": (STUDENT, []),
+    "hard_views": (STUDENT, []),
+    "hard_online": (STUDENT, []),
+    "soft": (STUDENT, ["distill.type=soft", "distill.alpha=0.5", "distill.tau=1.0"]),
+    "soft_paper": (STUDENT, ["distill.type=soft", "distill.alpha=0.1", "distill.tau=3.0"]),
+    "hard_vit": (STUDENT, []),
+}
+
+
+def _run(args, log):
+  command = [sys.executable, "-m", *args]
+  print("  $", " ".join(command), flush=True)
+  with open(log, "a") as f:
+    code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT)
+  if code:
+    sys.exit(f"failed (exit {code}); see {log}")
+
+
+def _evaluate(work, name, config, checkpoint, common, teacher_logits=None):
+  out = os.path.join(work, "results", f"{name}.json")
+  if os.path.exists(out):
+    return json.load(open(out))
+  args = ["deit_jax.evaluate", f"--config={config}", f"--checkpoint={checkpoint}", "--json",
+          *common] + ([f"--teacher_logits={teacher_logits}"] if teacher_logits else [])
+  result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+  if result.returncode:
+    sys.exit(f"evaluation of {name} failed: {result.stderr[-500:]}")
+  value = json.loads(result.stdout.strip().splitlines()[-1])
+  json.dump(value, open(out, "w"), indent=2, sort_keys=True)
+  return value
+
+
+def _finished(workdir, steps):
+  try:
+    return steps in {int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                     if s.isdigit()}
+  except FileNotFoundError:
+    return False
+
+
+def run_all(work, seeds, only, common):
+  os.makedirs(os.path.join(work, "results"), exist_ok=True)
+  log = os.path.join(work, "log.txt")
+  teacher = os.path.join(work, "teacher_cnn")
+  logits = {s: os.path.join(work, "logits", s) for s in ("train", "test", "views")}
+  print("teacher (CNN)", flush=True)
+  _run(["deit_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *common], log)
+  for split, extra in (("train", []), ("test", ["--split=test"]), ("views", ["--views=4"])):
+    _run(["deit_jax.teacher", "precompute", f"--config={TEACHER}", f"--checkpoint={teacher}",
+          f"--out={logits[split]}", "--storage=full", *extra, *common], log)
+  _evaluate(work, "teacher_cnn", TEACHER, teacher, common, logits["test"])
+  for seed in seeds:
+    for name, (config, overrides) in VARIANTS.items():
+      if only and name not in only:
+        continue
+      run = os.path.join(work, f"{name}_s{seed}")
+      sets = [f"--config.{o}" for o in overrides] + [f"--config.seed={seed}"]
+      if name == "hard_vit":
+        vit_teacher = os.path.join(work, "none_s0")
+        vit_logits = os.path.join(work, "logits", "vit_train")
+        _run(["deit_jax.teacher", "precompute", f"--config={PLAIN}",
+              f"--checkpoint={vit_teacher}", f"--out={vit_logits}", "--storage=full",
+              *common], log)
+        sets.append(f"--config.distill.teacher_logits={vit_logits}")
+      elif name == "hard_online":
+        sets.append(f"--config.distill.teacher={teacher}")
+      elif name == "hard_views":
+        sets.append(f"--config.distill.teacher_logits={logits['views']}")
+      elif name != "none":
+        sets.append(f"--config.distill.teacher_logits={logits['train']}")
+      print(f"{name} seed {seed}", flush=True)
+      _run(["deit_jax.main", f"--config={config}", f"--workdir={run}", *sets, *common], log)
+      _evaluate(work, f"{name}_s{seed}", config, run, common, logits["test"])
+
+
+def report(work):
+  results = {}
+  for file in sorted(os.listdir(os.path.join(work, "results"))):
+    name = file[:-5]
+    results[name] = json.load(open(os.path.join(work, "results", file)))
+  lines = ["| run | seeds | top-1 avg (%) | cls head | dist head | agreement w/ CNN |",
+           "|---|---|---|---|---|---|"]
+  if "teacher_cnn" in results:
+    lines.append(f"| CNN teacher (cifar_resnet20) | 1 | {results['teacher_cnn']['top1']:.2f} | "
+                 "| | |")
+  for name in VARIANTS:
+    runs = [v for k, v in results.items() if k.rsplit("_s", 1)[0] == name]
+    if not runs:
+      continue
+    cell = lambda key: (f"{np.mean([r[key] for r in runs]):.2f} +- "
+                        f"{(np.max([r[key] for r in runs]) - np.min([r[key] for r in runs])) / 2:.2f}")
+    plain = name == "none"
+    lines.append(f"| {name} | {len(runs)} | {cell('top1')} | {'' if plain else cell('top1_cls')} "
+                 f"| {'' if plain else cell('top1_dist')} | {cell('agreement')} |")
+  table = "\n".join(lines)
+  print(table)
+  with open(os.path.join(work, "table.md"), "w") as f:
+    f.write(table + "\n")
+  _plot(work, results)
+
+
+def _plot(work, results):
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("(no matplotlib: pip install matplotlib for the PNG)")
+    return
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5))
+  for run in sorted(os.listdir(work)):
+    metrics = os.path.join(work, run, "metrics.jsonl")
+    if not os.path.exists(metrics) or not run.endswith("_s0"):
+      continue
+    rows = [json.loads(line) for line in open(metrics)]
+    steps = [r["step"] for r in rows if "train_loss" in r]
+    ax.plot(steps, [r["train_loss"] for r in rows if "train_loss" in r], label=run[:-3])
+  ax.set(xlabel="step", ylabel="train loss (seed 0)", title="Fashion-MNIST students")
+  ax.legend(fontsize=8)
+  names = [n for n in VARIANTS if any(k.rsplit("_s", 1)[0] == n for k in results)]
+  means = [np.mean([v["top1"] for k, v in results.items() if k.rsplit("_s", 1)[0] == n])
+           for n in names]
+  bx.barh(names, means, color="tab:blue")
+  if "teacher_cnn" in results:
+    bx.axvline(results["teacher_cnn"]["top1"], color="tab:red", ls="--", label="CNN teacher")
+    bx.legend(fontsize=8)
+  bx.set(xlabel="test top-1 (%), mean over seeds", xlim=(min(means + [100]) - 3, 100))
+  fig.tight_layout()
+  fig.savefig(os.path.join(work, "fashion_mnist.png"), dpi=110)
+  print(f"wrote {os.path.join(work, 'fashion_mnist.png')}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--seeds", default="0,1")
+  parser.add_argument("--only", default="", help="comma-separated variants")
+  parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
+  parser.add_argument("--report_only", action="store_true")
+  args = parser.parse_args()
+  unknown = set(filter(None, args.only.split(","))) - set(VARIANTS)
+  if unknown:
+    parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+  if not args.report_only:
+    run_all(args.workdir, [int(s) for s in args.seeds.split(",")],
+            set(filter(None, args.only.split(","))), [f"--config.{s}" for s in args.set])
+  report(args.workdir)
+
+
+if __name__ == "__main__":
+  main()
