@@ -12,7 +12,9 @@ Commands (2 CPU cores; the teacher logits come from deit_jax.teacher precompute,
 
 Variants (``--config=...py:<variant>``): quick (default: 500 steps, ~4 min, what the
 chain runs) and full (1,200 steps, the no-distillation config's budget, ~10 min).
-Measured accuracy: see README "Fashion-MNIST reproduction".
+Measured (quick, in the chain, teacher = the 1-epoch cifar_resnet20 at 84.67%): test
+top-1 71.78% (cls 71.62%, dist 71.60%), agreement with the teacher 77.0%; ~4.5 min.
+full: see README "Fashion-MNIST reproduction".
 """
 
 from configs import fashion_mnist_deit_tiny

@@ -28,7 +28,7 @@ def get_config(variant: str = "quick"):
   config.model = ml_collections.ConfigDict(dict(
       name="cifar_resnet20", img_size=28, in_chans=1, width=1, drop_rate=0.0,
       dtype="float32"))
-  config.total_steps = 400 if variant == "quick" else 468 * 10
+  config.total_steps = 468 if variant == "quick" else 468 * 10
   config.optimizer.lr = 3e-3 * 4
   config.optimizer.warmup_steps = 50 if variant == "quick" else 200
   config.mixup.label_smoothing = 0.0
