@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.depth=1", "--config.model.embed_dim=32", "--config.model.num_heads=2",
@@ -44,9 +45,15 @@ def _assert_bitwise_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_resume_after_kill_is_bitwise_exact(fmnist_data_dir, tmp_path):
-  straight = tmp_path / "straight"
-  _run(straight, fmnist_data_dir)
+@pytest.fixture(scope="module")
+def straight(fmnist_data_dir, tmp_path_factory):
+  """One uninterrupted 40-step run, shared by the tests that only read it."""
+  workdir = tmp_path_factory.mktemp("straight") / "run"
+  _run(workdir, fmnist_data_dir)
+  return workdir
+
+
+def test_resume_after_kill_is_bitwise_exact(fmnist_data_dir, straight, tmp_path):
   killed = tmp_path / "killed"
   proc = subprocess.Popen(_command(killed, fmnist_data_dir), cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -76,9 +83,8 @@ def test_sigterm_saves_and_exits_cleanly(fmnist_data_dir, tmp_path):
   assert len(steps) == 1 and int(steps[0]) >= 10, (steps, out[-600:])
 
 
-def test_foreign_checkpoint_is_refused_and_kept(fmnist_data_dir, tmp_path):
-  workdir = tmp_path / "run"
-  _run(workdir, fmnist_data_dir, "--config.total_steps=10")
+def test_foreign_checkpoint_is_refused_and_kept(fmnist_data_dir, straight):
+  workdir = straight
   before = sorted(os.listdir(workdir / "checkpoints"))
   out = _run(workdir, fmnist_data_dir, "--config.total_steps=20",
              "--config.model.embed_dim=64", check=False)
@@ -139,20 +145,19 @@ def test_two_processes_reproduce_one_process(fmnist_data_dir, tmp_path):
   assert len(_losses(single)) == 4
 
 
-def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, tmp_path):
+def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, straight, tmp_path):
   import json
 
   from deit_jax import checkpoint
-  source = tmp_path / "source"
-  _run(source, fmnist_data_dir, "--config.total_steps=10")
+  source = straight
   # With a zero learning rate, fine-tuning from `source` must keep its weights exactly.
   _run(tmp_path / "finetune", fmnist_data_dir, f"--config.init_from={source}",
        "--config.total_steps=2", "--config.optimizer.lr=0", "--config.optimizer.warmup_lr=0",
        "--config.optimizer.min_lr=0")
-  _assert_bitwise_equal(_final_params(tmp_path / "finetune", step=2), _final_params(source, 10))
+  _assert_bitwise_equal(_final_params(tmp_path / "finetune", step=2), _final_params(source))
 
   model, info = checkpoint.load_trained_model(source)
-  assert info["step"] == 10
+  assert info["step"] == 40
   checkpoint.save_model(tmp_path / "model_dir", model, name=info["name"],
                         overrides=info["overrides"])
   out = subprocess.run([sys.executable, "-m", "deit_jax.evaluate",
