@@ -180,7 +180,9 @@ def test_batch_size_auto_sweep(capsys, monkeypatch):
   assert stdout.count("  sweep  batch ") == 2 and "the fastest of 2,4" in stdout
   if with_timm:
     assert result["timm_batch_size"] == result["batch_size"] and result["timm_images_per_sec"] > 0
-    assert not result["timm_compiled"] and not result["tensorflow_imported"]
+    # (tensorflow_imported is not checked here: other test modules import TF into this
+    # process; test_no_tensorflow_on_the_benchmark_path checks it in a clean one.)
+    assert not result["timm_compiled"]
 
 
 def test_attn_impl_dot_product_and_timm_compile():

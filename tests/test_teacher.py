@@ -189,3 +189,20 @@ def test_unknown_checkpoint_path_is_named(tmp_path):
   from deit_jax import checkpoint
   with pytest.raises(FileNotFoundError, match="neither a training workdir"):
     checkpoint.load_trained_model(tmp_path / "nothing")
+
+
+def test_timm_teacher_loads_weights_and_matches_timm(tmp_path):
+  from conftest import require
+  torch, timm = require("torch"), require("timm")
+  from deit_jax.teacher.torch_teacher import timm_logits_fn
+  reference = timm.create_model("resnet10t", num_classes=10, in_chans=1).eval()
+  torch.save(reference.state_dict(), tmp_path / "teacher.pth")
+  logits_fn, info = timm_logits_fn("resnet10t", str(tmp_path / "teacher.pth"), num_classes=10,
+                                   in_chans=1, device="cpu")
+  images = np.random.RandomState(0).randn(3, 32, 32, 1).astype(np.float32)
+  with torch.inference_mode():
+    expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  np.testing.assert_allclose(logits_fn(images), expected, rtol=1e-5, atol=1e-5)
+  assert info["name"] == "timm:resnet10t" and len(info["sha256"]) == 64
+  with pytest.raises(ValueError, match="does not fit timm resnet10t"):
+    timm_logits_fn("resnet10t", str(tmp_path / "teacher.pth"), num_classes=5, in_chans=1)
