@@ -39,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from deit_jax import optim, sharding, train_step as ts
-from deit_jax.benchmark_timm import jax_in_child, run_timm
+from deit_jax.benchmark_timm import jax_in_child, run_timm, time_steps
 from deit_jax.data import mixup
 from deit_jax.models import DeiTConfig, create_model, model_config
 
@@ -186,17 +186,6 @@ def _xla_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def _time(step, warmup: int, steps: int) -> list[float]:
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return times
-
-
 def _random_batch(cfg, batch_size: int, distilled: bool, mesh, seed: int = 0):
   rng = np.random.default_rng(seed)
   batch = {"image": rng.standard_normal((batch_size, cfg.img_size, cfg.img_size,
@@ -290,7 +279,7 @@ def _bench_jax(args, batch_size, impl, overrides, mesh, peak) -> tuple[dict, str
       impl = "dot_product"
       continue
     break
-  times = _time(step, warmup, args.steps)
+  times = time_steps(step, warmup, args.steps)
   step_s = statistics.median(times)
 
   n_dev = mesh.size

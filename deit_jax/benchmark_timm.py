@@ -93,14 +93,20 @@ def _run(name, overrides, mode, dtype, b, warmup, steps, compile_model, distille
   start = time.perf_counter()
   step()  # first step: compiles under torch.compile
   first_s = time.perf_counter() - start
-  for _ in range(max(warmup - 1, 0)):
+  return statistics.median(time_steps(step, max(warmup - 1, 0), steps)), first_s
+
+
+def time_steps(step, warmup: int, steps: int) -> list[float]:
+  """Wall-clock seconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones (shared
+  with the JAX side; ``step`` must block until its work is done)."""
+  for _ in range(warmup):
     step()
   times = []
   for _ in range(steps):
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
-  return statistics.median(times), first_s
+  return times
 
 
 def bench_timm(name, overrides, *, mode, dtype, batch_size, warmup, steps, distilled,

@@ -197,7 +197,7 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
 
   ``ema=True`` takes the EMA parameters of a training checkpoint. ``numerics`` override
   settings that do not change parameter shapes (dtype, remat, drop rates). Returns the
-  model in eval mode and a description {"name", "overrides", "path", "step", "sha256"}.
+  model in eval mode and a description {"name", "overrides", "path", "step"}.
   """
   path = _as_path(path)
   if (path / MODEL_METADATA).exists():
@@ -233,7 +233,6 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
     info = {"name": meta["model"], "overrides": meta["model_config"], "step": step}
   model.eval()
   info["path"] = str(path)
-  info["sha256"] = params_digest(model)
   return model, info
 
 

@@ -63,7 +63,8 @@ def precompute(config) -> None:
       raise cli.UserError(f"{FLAGS.checkpoint} predicts {classes} classes, "
                           f"config.num_classes is {config.num_classes}")
     logits_fn = pc.jax_logits_fn(model, batch_size)
-    teacher = {**info, "ema": FLAGS.ema, "framework": "jax"}
+    teacher = {**info, "sha256": checkpoint.params_digest(model), "ema": FLAGS.ema,
+               "framework": "jax"}
   what = f"{FLAGS.views} views per image" if FLAGS.views else "eval transform"
   cli.say(f"teacher {teacher['name']} over {source.name}/{source.split} "
           f"({source.num_examples} examples, {what}) -> {FLAGS.out}")
