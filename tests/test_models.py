@@ -236,6 +236,18 @@ def test_fused_attention_path_matches_explicit():
   np.testing.assert_allclose(fused(x), explicit(x), atol=1e-5)
 
 
+def test_gelu_is_exact_gelu_with_its_derivative():
+  from deit_jax.models.vit import gelu  # pylint: disable=import-outside-toplevel
+  x = jnp.linspace(-8.0, 8.0, 4001)
+  exact = lambda v: jax.nn.gelu(v, approximate=False)
+  np.testing.assert_allclose(gelu(x), exact(x), atol=2e-6)
+  np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), jax.vmap(jax.grad(exact))(x),
+                             atol=2e-6)
+  second = jax.vmap(jax.grad(jax.grad(gelu)))(x)  # custom_jvp stays differentiable
+  np.testing.assert_allclose(second, jax.vmap(jax.grad(jax.grad(exact)))(x), atol=1e-5)
+  assert gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
 def test_split_merge_round_trip_under_jit():
   model = create_model("deit_tiny_distilled_patch16_224", **SMALL)
   model.eval()

@@ -215,6 +215,30 @@ class Attention(nnx.Module):
     return self.proj_drop(y + self.proj_bias[...].astype(dt))
 
 
+@jax.custom_jvp
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, x * Phi(x), as torch.nn.GELU().
+
+  Written with erf and a hand-written derivative: ``jax.nn.gelu(approximate=False)``
+  goes through erfc, whose branchy expansion XLA:CPU recomputes in several fusions of the
+  backward pass; this form cut GELU's share of a DeiT-Ti train step from ~170 to ~60 ms
+  (profiled on 2 cores). Matches jax.nn.gelu to 1e-6.
+  """
+  return x * _normal_cdf(x)
+
+
+def _normal_cdf(x):
+  return 0.5 * (1.0 + jax.lax.erf(x * np.asarray(2 ** -0.5, x.dtype)))
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+  (x,), (dx,) = primals, tangents
+  cdf = _normal_cdf(x)
+  pdf = jnp.exp(-0.5 * x * x) * np.asarray((2 * np.pi) ** -0.5, x.dtype)
+  return x * cdf, (cdf + x * pdf) * dx
+
+
 class Mlp(nnx.Module):
 
   def __init__(self, cfg: DeiTConfig, *, rngs: nnx.Rngs):
@@ -223,7 +247,7 @@ class Mlp(nnx.Module):
     self.drop = nnx.Dropout(cfg.drop_rate, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.drop(jax.nn.gelu(self.fc1(x), approximate=False))
+    x = self.drop(gelu(self.fc1(x)))
     return self.drop(self.fc2(x))
 
 
