@@ -2,7 +2,8 @@
 (mean +- spread over seeds) and a PNG of the training curves.
 
     .venv/bin/python launch/reproduce_fashion_mnist.py --workdir=workdirs/reproduce \
-        [--seeds=0,1] [--only=none,hard] [--report_only] [--set=data_dir=...]
+        [--seeds=0,1] [--only=none,hard] [--report_only] [--set=data_dir=...] \
+        [--figure=docs/fashion_mnist.png]
 
 Runs (same student architecture and budget: configs/fashion_mnist_deit_tiny*.py, 1,200
 steps; the teacher is configs/fashion_mnist_resnet_teacher.py:full):
@@ -19,7 +20,8 @@ Each step is one of the project's commands (deit_jax.main / teacher / evaluate) 
 subprocess; a finished run is not repeated, an interrupted one resumes from its
 checkpoints, so the script can be stopped and restarted at any time (e.g. across
 sessions). Results land in <workdir>/results/*.json; the report goes to stdout,
-<workdir>/table.md and <workdir>/fashion_mnist.png (needs matplotlib).
+<workdir>/table.md and <workdir>/fashion_mnist.png (training curves, accuracies, the
+table; needs matplotlib), and --figure copies the PNG.
 """
 
 from __future__ import annotations
@@ -112,61 +114,87 @@ def run_all(work, seeds, only, common):
       _evaluate(work, f"{name}_s{seed}", config, run, common, logits["test"])
 
 
-def report(work):
+def _group(results):
+  """{variant: [result of each seed]} in VARIANTS order."""
+  return {name: [v for k, v in sorted(results.items()) if k.rsplit("_s", 1)[0] == name]
+          for name in VARIANTS
+          if any(k.rsplit("_s", 1)[0] == name for k in results)}
+
+
+def _cell(runs, key):
+  values = [r[key] for r in runs]
+  return f"{np.mean(values):.2f} +- {(np.max(values) - np.min(values)) / 2:.2f}"
+
+
+def report(work, figure=None):
   results = {}
   for file in sorted(os.listdir(os.path.join(work, "results"))):
-    name = file[:-5]
-    results[name] = json.load(open(os.path.join(work, "results", file)))
-  lines = ["| run | seeds | top-1 avg (%) | cls head | dist head | agreement w/ CNN |",
-           "|---|---|---|---|---|---|"]
+    results[file[:-5]] = json.load(open(os.path.join(work, "results", file)))
+  rows = []
   if "teacher_cnn" in results:
-    lines.append(f"| CNN teacher (cifar_resnet20) | 1 | {results['teacher_cnn']['top1']:.2f} | "
-                 "| | |")
-  for name in VARIANTS:
-    runs = [v for k, v in results.items() if k.rsplit("_s", 1)[0] == name]
-    if not runs:
-      continue
-    cell = lambda key: (f"{np.mean([r[key] for r in runs]):.2f} +- "
-                        f"{(np.max([r[key] for r in runs]) - np.min([r[key] for r in runs])) / 2:.2f}")
+    rows.append(["CNN teacher (cifar_resnet20)", "1", f"{results['teacher_cnn']['top1']:.2f}",
+                 "", "", ""])
+  for name, runs in _group(results).items():
     plain = name == "none"
-    lines.append(f"| {name} | {len(runs)} | {cell('top1')} | {'' if plain else cell('top1_cls')} "
-                 f"| {'' if plain else cell('top1_dist')} | {cell('agreement')} |")
-  table = "\n".join(lines)
+    rows.append([name, str(len(runs)), _cell(runs, "top1"),
+                 "" if plain else _cell(runs, "top1_cls"),
+                 "" if plain else _cell(runs, "top1_dist"), _cell(runs, "agreement")])
+  header = ["run", "seeds", "top-1 avg (%)", "cls head", "dist head", "agreement w/ CNN"]
+  table = "\n".join(["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] +
+                     ["| " + " | ".join(r) + " |" for r in rows])
   print(table)
   with open(os.path.join(work, "table.md"), "w") as f:
     f.write(table + "\n")
-  _plot(work, results)
+  _plot(work, results, header, rows, figure)
 
 
-def _plot(work, results):
+def _plot(work, results, header, rows, figure):
   try:
-    import matplotlib
+    import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   except ImportError:
-    print("(no matplotlib: pip install matplotlib for the PNG)")
+    print("(no matplotlib: `bash launch/setup.sh plots` for the PNG)")
     return
-  fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5))
+  fig = plt.figure(figsize=(14, 4.6 + 0.3 * len(rows)))
+  grid = fig.add_gridspec(2, 2, height_ratios=[4, 0.8 + 0.3 * len(rows)])
+  ax, bx = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
   for run in sorted(os.listdir(work)):
     metrics = os.path.join(work, run, "metrics.jsonl")
     if not os.path.exists(metrics) or not run.endswith("_s0"):
       continue
-    rows = [json.loads(line) for line in open(metrics)]
-    steps = [r["step"] for r in rows if "train_loss" in r]
-    ax.plot(steps, [r["train_loss"] for r in rows if "train_loss" in r], label=run[:-3])
-  ax.set(xlabel="step", ylabel="train loss (seed 0)", title="Fashion-MNIST students")
+    rows_ = [json.loads(line) for line in open(metrics)]
+    train = [r for r in rows_ if "loss_base" in r]
+    ax.plot([r["step"] for r in train], [r["loss_base"] for r in train], label=run[:-3])
+  ax.set(xlabel="step", ylabel="cross-entropy with the labels (seed 0)",
+         title="Fashion-MNIST students: training curves")
   ax.legend(fontsize=8)
-  names = [n for n in VARIANTS if any(k.rsplit("_s", 1)[0] == n for k in results)]
-  means = [np.mean([v["top1"] for k, v in results.items() if k.rsplit("_s", 1)[0] == n])
-           for n in names]
-  bx.barh(names, means, color="tab:blue")
+  groups = _group(results)
+  names = list(groups)[::-1]
+  means = [np.mean([r["top1"] for r in groups[n]]) for n in names]
+  spread = [(np.max([r["top1"] for r in groups[n]]) - np.min([r["top1"] for r in groups[n]]))
+            / 2 for n in names]
+  bx.barh(names, means, xerr=spread, color="tab:blue", capsize=3)
   if "teacher_cnn" in results:
     bx.axvline(results["teacher_cnn"]["top1"], color="tab:red", ls="--", label="CNN teacher")
-    bx.legend(fontsize=8)
-  bx.set(xlabel="test top-1 (%), mean over seeds", xlim=(min(means + [100]) - 3, 100))
+    bx.legend(fontsize=8, loc="lower right")
+  bx.set(xlabel="test top-1 (%), mean +- half-range over seeds",
+         xlim=(min(means + [100]) - 3, 100), title="Test accuracy (10,000 images)")
+  tx = fig.add_subplot(grid[1, :])
+  tx.axis("off")
+  if rows:
+    tab = tx.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(9)
+    tab.scale(1, 1.3)
   fig.tight_layout()
-  fig.savefig(os.path.join(work, "fashion_mnist.png"), dpi=110)
-  print(f"wrote {os.path.join(work, 'fashion_mnist.png')}")
+  out = os.path.join(work, "fashion_mnist.png")
+  fig.savefig(out, dpi=100)
+  print(f"wrote {out}")
+  if figure:
+    os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
+    fig.savefig(figure, dpi=100)
+    print(f"wrote {figure}")
 
 
 def main():
@@ -176,6 +204,8 @@ def main():
   parser.add_argument("--only", default="", help="comma-separated variants")
   parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
   parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("--figure", default="", help="also write the PNG here "
+                      "(the README's is docs/fashion_mnist.png)")
   args = parser.parse_args()
   unknown = set(filter(None, args.only.split(","))) - set(VARIANTS)
   if unknown:
@@ -183,7 +213,7 @@ def main():
   if not args.report_only:
     run_all(args.workdir, [int(s) for s in args.seeds.split(",")],
             set(filter(None, args.only.split(","))), [f"--config.{s}" for s in args.set])
-  report(args.workdir)
+  report(args.workdir, args.figure)
 
 
 if __name__ == "__main__":

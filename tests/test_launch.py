@@ -339,3 +339,39 @@ def test_shellcheck_clean():
   p = subprocess.run(["shellcheck", "-e", "SC2317", *scripts], capture_output=True, text=True,
                      timeout=120)
   assert p.returncode == 0, p.stdout
+
+
+def test_reproduction_report_from_results(tmp_path):
+  """launch/reproduce_fashion_mnist.py --report_only: mean +- half-range over seeds per
+  variant, the teacher row, and the PNG where matplotlib is installed."""
+  results = tmp_path / "results"
+  results.mkdir()
+  def put(name, top1, cls=None, dist=None, agreement=80.0):
+    value = dict(top1=top1, top1_cls=cls or top1, top1_dist=dist or top1, agreement=agreement)
+    (results / f"{name}.json").write_text(json.dumps(value))
+  put("teacher_cnn", 93.1)
+  put("none_s0", 80.0, agreement=84.0)
+  put("none_s1", 81.0, agreement=86.0)
+  put("hard_s0", 82.0, cls=81.5, dist=82.5)
+  put("hard_s1", 83.0, cls=82.5, dist=83.5)
+  run = tmp_path / "none_s0"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "loss_base": 2.0 / s}) + "\n" for s in (50, 100, 150)))
+  figure = tmp_path / "docs" / "fm.png"
+  out = subprocess.run([sys.executable, str(ROOT / "launch" / "reproduce_fashion_mnist.py"),
+                        f"--workdir={tmp_path}", "--report_only", f"--figure={figure}"],
+                       capture_output=True, text=True, cwd=ROOT, check=True).stdout
+  table = (tmp_path / "table.md").read_text()
+  assert table in out.replace("\r", "") or table.strip() in out
+  assert "| CNN teacher (cifar_resnet20) | 1 | 93.10 |" in table
+  assert "| none | 2 | 80.50 +- 0.50 |  |  | 85.00 +- 1.00 |" in table
+  assert "| hard | 2 | 82.50 +- 0.50 | 82.00 +- 0.50 | 83.00 +- 0.50 | 80.00 +- 0.00 |" in table
+  assert table.index("| none |") < table.index("| hard |")
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    assert "no matplotlib" in out
+  else:
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "fashion_mnist.png").exists()
