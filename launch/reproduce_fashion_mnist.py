@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -116,14 +117,19 @@ def run_all(work, seeds, only, common):
 
 def _group(results):
   """{variant: [result of each seed]} in VARIANTS order."""
-  return {name: [v for k, v in sorted(results.items()) if k.rsplit("_s", 1)[0] == name]
-          for name in VARIANTS
-          if any(k.rsplit("_s", 1)[0] == name for k in results)}
+  groups = {name: [v for k, v in sorted(results.items()) if k.rsplit("_s", 1)[0] == name]
+            for name in VARIANTS}
+  return {name: runs for name, runs in groups.items() if runs}
+
+
+def _stats(runs, key):
+  """Mean and half-range over seeds."""
+  values = [r[key] for r in runs]
+  return np.mean(values), (np.max(values) - np.min(values)) / 2
 
 
 def _cell(runs, key):
-  values = [r[key] for r in runs]
-  return f"{np.mean(values):.2f} +- {(np.max(values) - np.min(values)) / 2:.2f}"
+  return "{:.2f} +- {:.2f}".format(*_stats(runs, key))
 
 
 def report(work, figure=None):
@@ -134,7 +140,8 @@ def report(work, figure=None):
   if "teacher_cnn" in results:
     rows.append(["CNN teacher (cifar_resnet20)", "1", f"{results['teacher_cnn']['top1']:.2f}",
                  "", "", ""])
-  for name, runs in _group(results).items():
+  groups = _group(results)
+  for name, runs in groups.items():
     plain = name == "none"
     rows.append([name, str(len(runs)), _cell(runs, "top1"),
                  "" if plain else _cell(runs, "top1_cls"),
@@ -145,10 +152,10 @@ def report(work, figure=None):
   print(table)
   with open(os.path.join(work, "table.md"), "w") as f:
     f.write(table + "\n")
-  _plot(work, results, header, rows, figure)
+  _plot(work, results, groups, header, rows, figure)
 
 
-def _plot(work, results, header, rows, figure):
+def _plot(work, results, groups, header, rows, figure):
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
@@ -163,17 +170,13 @@ def _plot(work, results, header, rows, figure):
     metrics = os.path.join(work, run, "metrics.jsonl")
     if not os.path.exists(metrics) or not run.endswith("_s0"):
       continue
-    rows_ = [json.loads(line) for line in open(metrics)]
-    train = [r for r in rows_ if "loss_base" in r]
+    train = [r for r in map(json.loads, open(metrics)) if "loss_base" in r]
     ax.plot([r["step"] for r in train], [r["loss_base"] for r in train], label=run[:-3])
   ax.set(xlabel="step", ylabel="cross-entropy with the labels (seed 0)",
          title="Fashion-MNIST students: training curves")
   ax.legend(fontsize=8)
-  groups = _group(results)
   names = list(groups)[::-1]
-  means = [np.mean([r["top1"] for r in groups[n]]) for n in names]
-  spread = [(np.max([r["top1"] for r in groups[n]]) - np.min([r["top1"] for r in groups[n]]))
-            / 2 for n in names]
+  means, spread = (list(v) for v in zip(*(_stats(groups[n], "top1") for n in names)))
   bx.barh(names, means, xerr=spread, color="tab:blue", capsize=3)
   if "teacher_cnn" in results:
     bx.axvline(results["teacher_cnn"]["top1"], color="tab:red", ls="--", label="CNN teacher")
@@ -193,7 +196,7 @@ def _plot(work, results, header, rows, figure):
   print(f"wrote {out}")
   if figure:
     os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
-    fig.savefig(figure, dpi=100)
+    shutil.copyfile(out, figure)
     print(f"wrote {figure}")
 
 
