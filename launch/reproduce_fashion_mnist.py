@@ -3,7 +3,7 @@
 
     .venv/bin/python launch/reproduce_fashion_mnist.py --workdir=workdirs/reproduce \
         [--seeds=0,1] [--only=none,hard] [--report_only] [--set=data_dir=...] \
-        [--figure=docs/fashion_mnist.png]
+        [--figure=docs/fashion_mnist.png] [--steps=N --teacher_from=workdirs/reproduce]
 
 Runs (same student architecture and budget: configs/fashion_mnist_deit_tiny*.py, 1,200
 steps; the teacher is configs/fashion_mnist_resnet_teacher.py:full):
@@ -21,7 +21,11 @@ subprocess; a finished run is not repeated, an interrupted one resumes from its
 checkpoints, so the script can be stopped and restarted at any time (e.g. across
 sessions). Results land in <workdir>/results/*.json; the report goes to stdout,
 <workdir>/table.md and <workdir>/fashion_mnist.png (training curves, accuracies, the
-table; needs matplotlib), and --figure copies the PNG.
+table; needs matplotlib), and --figure copies the PNG. --steps gives every student another
+budget (the teacher keeps its own); --teacher_from reuses the CNN teacher and its logits of
+another workdir instead of training them again (e.g. a longer none-vs-hard pair:
+--workdir=workdirs/reproduce_2400 --steps=2400 --only=none,hard --seeds=0
+--teacher_from=workdirs/reproduce).
 """
 
 from __future__ import annotations
@@ -72,31 +76,31 @@ def _evaluate(work, name, config, checkpoint, common, teacher_logits=None):
   return value
 
 
-def _finished(workdir, steps):
-  try:
-    return steps in {int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
-                     if s.isdigit()}
-  except FileNotFoundError:
-    return False
-
-
-def run_all(work, seeds, only, common):
+def run_all(work, seeds, only, common, steps=0, teacher_from=""):
   os.makedirs(os.path.join(work, "results"), exist_ok=True)
   log = os.path.join(work, "log.txt")
-  teacher = os.path.join(work, "teacher_cnn")
-  logits = {s: os.path.join(work, "logits", s) for s in ("train", "test", "views")}
-  print("teacher (CNN)", flush=True)
-  _run(["deit_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *common], log)
-  for split, extra in (("train", []), ("test", ["--split=test"]), ("views", ["--views=4"])):
-    _run(["deit_jax.teacher", "precompute", f"--config={TEACHER}", f"--checkpoint={teacher}",
-          f"--out={logits[split]}", "--storage=full", *extra, *common], log)
+  home = teacher_from or work  # where the teacher and its logits live
+  teacher = os.path.join(home, "teacher_cnn")
+  logits = {s: os.path.join(home, "logits", s) for s in ("train", "test", "views")}
+  if teacher_from:
+    missing = [p for p in (teacher, *logits.values()) if not os.path.isdir(p)]
+    if missing:
+      sys.exit(f"error: --teacher_from={teacher_from} has no {missing[0]}: run the script "
+               f"with --workdir={teacher_from} first")
+  else:
+    print("teacher (CNN)", flush=True)
+    _run(["deit_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *common], log)
+    for split, extra in (("train", []), ("test", ["--split=test"]), ("views", ["--views=4"])):
+      _run(["deit_jax.teacher", "precompute", f"--config={TEACHER}", f"--checkpoint={teacher}",
+            f"--out={logits[split]}", "--storage=full", *extra, *common], log)
   _evaluate(work, "teacher_cnn", TEACHER, teacher, common, logits["test"])
   for seed in seeds:
     for name, (config, overrides) in VARIANTS.items():
       if only and name not in only:
         continue
       run = os.path.join(work, f"{name}_s{seed}")
-      sets = [f"--config.{o}" for o in overrides] + [f"--config.seed={seed}"]
+      sets = [f"--config.{o}" for o in overrides] + [f"--config.seed={seed}"] + (
+          [f"--config.total_steps={steps}"] if steps else [])
       if name == "hard_vit":
         vit_teacher = os.path.join(work, "none_s0")
         vit_logits = os.path.join(work, "logits", "vit_train")
@@ -174,7 +178,8 @@ def _plot(work, results, groups, header, rows, figure):
     ax.plot([r["step"] for r in train], [r["loss_base"] for r in train], label=run[:-3])
   ax.set(xlabel="step", ylabel="cross-entropy with the labels (seed 0)",
          title="Fashion-MNIST students: training curves")
-  ax.legend(fontsize=8)
+  if ax.lines:
+    ax.legend(fontsize=8)
   names = list(groups)[::-1]
   means, spread = (list(v) for v in zip(*(_stats(groups[n], "top1") for n in names)))
   bx.barh(names, means, xerr=spread, color="tab:blue", capsize=3)
@@ -195,8 +200,11 @@ def _plot(work, results, groups, header, rows, figure):
   fig.savefig(out, dpi=100)
   print(f"wrote {out}")
   if figure:
-    os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
-    shutil.copyfile(out, figure)
+    try:
+      os.makedirs(os.path.dirname(figure) or ".", exist_ok=True)
+      shutil.copyfile(out, figure)
+    except OSError as e:
+      sys.exit(f"error: cannot write --figure={figure}: {e.strerror or e}")
     print(f"wrote {figure}")
 
 
@@ -207,15 +215,22 @@ def main():
   parser.add_argument("--only", default="", help="comma-separated variants")
   parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
   parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("--steps", type=int, default=0,
+                      help="train steps of every student (default: the configs' 1,200)")
+  parser.add_argument("--teacher_from", default="", help="workdir whose CNN teacher and "
+                      "logits to reuse (default: train them in --workdir)")
   parser.add_argument("--figure", default="", help="also write the PNG here "
                       "(the README's is docs/fashion_mnist.png)")
   args = parser.parse_args()
   unknown = set(filter(None, args.only.split(","))) - set(VARIANTS)
   if unknown:
     parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+  if args.steps < 0:
+    parser.error("--steps must be positive (0: the configs' budget)")
   if not args.report_only:
     run_all(args.workdir, [int(s) for s in args.seeds.split(",")],
-            set(filter(None, args.only.split(","))), [f"--config.{s}" for s in args.set])
+            set(filter(None, args.only.split(","))), [f"--config.{s}" for s in args.set],
+            args.steps, args.teacher_from)
   report(args.workdir, args.figure)
 
 

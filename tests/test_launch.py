@@ -375,3 +375,29 @@ def test_reproduction_report_from_results(tmp_path):
   else:
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "fashion_mnist.png").exists()
+
+
+def test_reproduction_bad_inputs_are_one_line_errors(tmp_path):
+  """--teacher_from without a teacher and an unwritable --figure: one line, no traceback."""
+  script = str(ROOT / "launch" / "reproduce_fashion_mnist.py")
+  p = subprocess.run([sys.executable, script, f"--workdir={tmp_path / 'w'}", "--steps=10",
+                      f"--teacher_from={tmp_path / 'none'}"], capture_output=True, text=True)
+  assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+  assert p.stderr.strip() == (f"error: --teacher_from={tmp_path / 'none'} has no "
+                              f"{tmp_path / 'none' / 'teacher_cnn'}: run the script with "
+                              f"--workdir={tmp_path / 'none'} first")
+  (tmp_path / "results").mkdir()
+  (tmp_path / "results" / "none_s0.json").write_text(json.dumps(
+      dict(top1=80.0, top1_cls=80.0, top1_dist=80.0, agreement=80.0)))
+  (tmp_path / "blocker").write_text("a file, not a folder")
+  p = subprocess.run([sys.executable, script, f"--workdir={tmp_path}", "--report_only",
+                      f"--figure={tmp_path / 'blocker' / 'fm.png'}"],
+                     capture_output=True, text=True)
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    assert p.returncode == 0 and "no matplotlib" in p.stdout
+    return
+  assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+  assert p.stderr.startswith(f"error: cannot write --figure={tmp_path / 'blocker' / 'fm.png'}:")
+  assert len(p.stderr.strip().splitlines()) == 1, p.stderr
