@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -80,7 +79,6 @@ def _run(name, overrides, mode, dtype, b, warmup, steps, compile_model, distille
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
-      sync()
   else:
     model.eval()
     forward = torch.compile(model) if compile_model else model
@@ -88,25 +86,32 @@ def _run(name, overrides, mode, dtype, b, warmup, steps, compile_model, distille
     def step():
       with torch.inference_mode(), autocast():
         forward(images)
-      sync()
 
   start = time.perf_counter()
   step()  # first step: compiles under torch.compile
+  sync()
   first_s = time.perf_counter() - start
-  return statistics.median(time_steps(step, max(warmup - 1, 0), steps)), first_s
+  return time_steps(step, sync, max(warmup - 1, 0), steps)[0], first_s
 
 
-def time_steps(step, warmup: int, steps: int) -> list[float]:
-  """Wall-clock seconds of ``steps`` calls of ``step`` after ``warmup`` untimed ones (shared
-  with the JAX side; ``step`` must block until its work is done)."""
+def time_steps(dispatch, sync, warmup: int, steps: int, windows: int = 2):
+  """Seconds per step as a training loop runs: after ``warmup`` untimed steps (each
+  synced), the ``steps`` timed ones in ``windows`` back-to-back runs, each dispatched
+  without waiting and synced once at its end (the trainer reads its metrics only every
+  ``log_every_steps``, so the host's dispatch overlaps the device's work). Returns the mean
+  over all timed steps and each window's mean. Shared by the JAX and the timm side."""
   for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(steps):
+    dispatch()
+    sync()
+  sizes = [n for n in (steps // windows + (i < steps % windows) for i in range(windows)) if n]
+  means = []
+  for n in sizes:
     start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return times
+    for _ in range(n):
+      dispatch()
+    sync()
+    means.append((time.perf_counter() - start) / n)
+  return sum(m * n for m, n in zip(means, sizes)) / sum(sizes), means
 
 
 def bench_timm(name, overrides, *, mode, dtype, batch_size, warmup, steps, distilled,

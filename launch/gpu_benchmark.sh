@@ -11,7 +11,7 @@
 # before timm starts) and a failing case does not stop the others. Output in
 # ${OUT:-/tmp/gpu_benchmark}: <model>_<mode>.log per case, results.jsonl (one JSON object a
 # case, with "status"), then a summary table on stdout. Environment: PYTHON, OUT,
-# DEIT_BENCH_TIMEOUT_TRAIN (170 s), DEIT_BENCH_TIMEOUT_INFER (110 s), DEIT_BENCH_STEPS (10).
+# DEIT_BENCH_TIMEOUT_TRAIN (170 s), DEIT_BENCH_TIMEOUT_INFER (110 s), DEIT_BENCH_STEPS (20).
 set -euo pipefail
 
 prog=gpu_benchmark.sh
@@ -30,7 +30,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repository root
 [[ -d deit_jax ]] || die "no deit_jax/ in $PWD"
 python=${PYTHON:-python3}
 out=${OUT:-/tmp/gpu_benchmark}
-steps=${DEIT_BENCH_STEPS:-10}
+steps=${DEIT_BENCH_STEPS:-20}
 timeout_train=${DEIT_BENCH_TIMEOUT_TRAIN:-170}
 timeout_infer=${DEIT_BENCH_TIMEOUT_INFER:-110}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}

@@ -269,3 +269,17 @@ def test_sweep_stops_at_out_of_memory(monkeypatch, capsys):
   with pytest.raises(torch.cuda.OutOfMemoryError):
     benchmark_timm.bench_timm(MODEL, {}, mode="infer", dtype="float32", batch_size=8,
                               warmup=1, steps=1, distilled=True)
+
+
+def test_time_steps_dispatches_back_to_back():
+  """Timed steps run as the trainer runs them: no wait between dispatches, one sync per
+  window (and one per warm-up step), and the mean is over every timed step."""
+  from deit_jax.benchmark_timm import time_steps  # pylint: disable=import-outside-toplevel
+  calls = []
+  mean, windows = time_steps(lambda: calls.append("d"), lambda: calls.append("s"),
+                             warmup=2, steps=7)
+  assert "".join(calls) == "dsds" + "dddds" + "ddds"
+  assert len(windows) == 2 and mean >= 0
+  calls.clear()
+  _, windows = time_steps(lambda: calls.append("d"), lambda: calls.append("s"), 0, 1)
+  assert "".join(calls) == "ds" and len(windows) == 1
