@@ -25,7 +25,7 @@ table; needs matplotlib), and --figure copies the PNG. --steps gives every stude
 budget (the teacher keeps its own); --teacher_from reuses the CNN teacher and its logits of
 another workdir instead of training them again (e.g. a longer none-vs-hard pair:
 --workdir=workdirs/reproduce_2400 --steps=2400 --only=none,hard --seeds=0
---teacher_from=workdirs/reproduce).
+--teacher_from=workdirs/reproduce). A workdir keeps the budget it started with.
 """
 
 from __future__ import annotations
@@ -76,8 +76,22 @@ def _evaluate(work, name, config, checkpoint, common, teacher_logits=None):
   return value
 
 
+def _check_budget(work, steps):
+  """One student budget per workdir: a different --steps would extend finished runs and
+  keep their old results."""
+  path = os.path.join(work, "budget.json")
+  if os.path.exists(path):
+    before = json.load(open(path))["steps"]
+    if before != steps:
+      sys.exit(f"error: {work} holds runs with --steps={before}, not {steps}: "
+               "use another --workdir")
+  else:
+    json.dump({"steps": steps}, open(path, "w"))
+
+
 def run_all(work, seeds, only, common, steps=0, teacher_from=""):
   os.makedirs(os.path.join(work, "results"), exist_ok=True)
+  _check_budget(work, steps)
   log = os.path.join(work, "log.txt")
   home = teacher_from or work  # where the teacher and its logits live
   teacher = os.path.join(home, "teacher_cnn")
@@ -87,6 +101,9 @@ def run_all(work, seeds, only, common, steps=0, teacher_from=""):
     if missing:
       sys.exit(f"error: --teacher_from={teacher_from} has no {missing[0]}: run the script "
                f"with --workdir={teacher_from} first")
+    evaluated = os.path.join(home, "results", "teacher_cnn.json")
+    if os.path.exists(evaluated):  # the teacher's evaluation too, rather than a second one
+      shutil.copyfile(evaluated, os.path.join(work, "results", "teacher_cnn.json"))
   else:
     print("teacher (CNN)", flush=True)
     _run(["deit_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *common], log)

@@ -386,6 +386,11 @@ def test_reproduction_bad_inputs_are_one_line_errors(tmp_path):
   assert p.stderr.strip() == (f"error: --teacher_from={tmp_path / 'none'} has no "
                               f"{tmp_path / 'none' / 'teacher_cnn'}: run the script with "
                               f"--workdir={tmp_path / 'none'} first")
+  (tmp_path / "w" / "budget.json").write_text(json.dumps({"steps": 10}))
+  p = subprocess.run([sys.executable, script, f"--workdir={tmp_path / 'w'}", "--steps=20"],
+                     capture_output=True, text=True)
+  assert p.returncode == 1 and p.stderr.strip() == (
+      f"error: {tmp_path / 'w'} holds runs with --steps=10, not 20: use another --workdir")
   (tmp_path / "results").mkdir()
   (tmp_path / "results" / "none_s0.json").write_text(json.dumps(
       dict(top1=80.0, top1_cls=80.0, top1_dist=80.0, agreement=80.0)))
