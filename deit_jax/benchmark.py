@@ -372,7 +372,8 @@ def main(argv=None) -> dict:
     raise BenchError(f"--attn-impl: {args.model} has no attention")
   if args.vs_timm:
     try:
-      import timm  # pylint: disable=import-outside-toplevel  # (imports torch)
+      from deit_jax.torch_stack import import_timm  # pylint: disable=import-outside-toplevel
+      timm = import_timm()
     except ImportError as e:
       raise BenchError(f"--vs-timm needs torch and timm installed ({e})") from None
     if not timm.is_model(args.model):

@@ -15,6 +15,7 @@ import sys
 import time
 
 from deit_jax.models import model_config
+from deit_jax.torch_stack import import_timm
 
 TIMM_KWARGS = ("num_classes", "img_size", "patch_size", "in_chans", "embed_dim", "depth",
                "num_heads", "mlp_ratio", "qkv_bias", "drop_rate", "attn_drop_rate",
@@ -42,6 +43,7 @@ def _release(device, compiled: bool) -> None:
 
 
 def _run(name, overrides, mode, dtype, b, warmup, steps, compile_model, distilled, device):
+  import_timm()  # before the plain imports below: safe even after TensorFlow
   import torch
   import torch.nn.functional as F
   import timm

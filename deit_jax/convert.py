@@ -82,7 +82,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except Exception as e:  # safetensors raises its own error types for bad headers
       raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
   try:
-    import torch
+    from deit_jax.torch_stack import import_torch
+    torch = import_torch()
   except ImportError as e:
     raise ConversionError(f"reading {path} needs PyTorch: pip install 'deit_jax[torch]' "
                           "(or convert the file to .safetensors)") from e

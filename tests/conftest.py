@@ -8,13 +8,14 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# torchvision (via triton) segfaults when it is first imported after TensorFlow has loaded
-# its shared libraries; importing the torch stack first, once, avoids that in any test order.
-for _module in ("torch", "torchvision", "timm"):
-  try:
-    importlib.import_module(_module)
-  except ImportError:
-    pass
+# Importing the torch stack once, first, keeps the suite's memory and import time the same
+# in any test order; deit_jax.torch_stack makes later imports safe after TensorFlow too
+# (tests/test_torch_stack.py checks that in fresh processes, where this does not run).
+try:
+  from deit_jax.torch_stack import import_timm
+  import_timm()
+except ImportError:
+  pass
 
 
 def require(module: str):
@@ -35,3 +36,22 @@ def fmnist_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   fashion_mnist.builder(data_dir)
   return data_dir
+
+
+def image_folder(root) -> str:
+  """A tiny ``imagefolder:`` dataset: 3 classes of 28x28 grey PNGs (bright top / bright
+  left / dark), 16 train + 4 test images each."""
+  import numpy as np
+  import tensorflow as tf
+  rng = np.random.RandomState(0)
+  for split, count in (("train", 16), ("test", 4)):
+    for c, name in enumerate(("top", "left", "dark")):
+      os.makedirs(root / split / name)
+      for i in range(count):
+        image = rng.randint(0, 60, (28, 28, 1)).astype(np.uint8)
+        if c == 0:
+          image[:10] += 150
+        elif c == 1:
+          image[:, :10] += 150
+        (root / split / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+  return f"imagefolder:{root}"

@@ -8,30 +8,13 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-import tensorflow as tf
+from conftest import image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = ["total_steps=12", "batch_size=16", "model.name=cifar_resnet8",
            "checkpoint_every_steps=6", "log_every_steps=6"]
 STUDENT = ["total_steps=8", "batch_size=16", "model.depth=1", "model.embed_dim=32",
            "model.num_heads=2", "checkpoint_every_steps=4", "log_every_steps=4"]
-
-
-def _image_folder(root):
-  """3 classes of 28x28 PNGs (bright top / bright left / dark), 16 train + 4 test each."""
-  rng = np.random.RandomState(0)
-  for split, count in (("train", 16), ("test", 4)):
-    for c, name in enumerate(("top", "left", "dark")):
-      os.makedirs(root / split / name)
-      for i in range(count):
-        image = rng.randint(0, 60, (28, 28, 1)).astype(np.uint8)
-        if c == 0:
-          image[:10] += 150
-        elif c == 1:
-          image[:, :10] += 150
-        (root / split / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
-  return f"imagefolder:{root}"
 
 
 def _chain(workdir, dataset, *extra):
@@ -45,7 +28,7 @@ def _chain(workdir, dataset, *extra):
 
 
 def test_chain_end_to_end_and_rerun_reuses(tmp_path):
-  work, dataset = tmp_path / "chain", _image_folder(tmp_path / "images")
+  work, dataset = tmp_path / "chain", image_folder(tmp_path / "images")
   first = _chain(work, dataset)
   student = json.loads((work / "results" / "student.json").read_text())
   assert student["num_examples"] == 12

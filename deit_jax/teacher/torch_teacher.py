@@ -19,9 +19,9 @@ def timm_logits_fn(name: str, weights: str | None, *, num_classes: int, in_chans
                    device: str | None = None) -> tuple[LogitsFn, dict]:
   """(logits_fn, description) for timm model ``name`` with the user's ``weights`` file
   (.pth/.safetensors, official or timm layout; None = random init, for tests)."""
+  from deit_jax.torch_stack import import_timm, import_torch
   try:
-    import timm
-    import torch
+    timm, torch = import_timm(), import_torch()
   except ImportError as e:
     raise ValueError("a timm teacher needs PyTorch and timm: pip install 'deit_jax[torch]'") from e
   from deit_jax.convert import read_state_dict
