@@ -31,6 +31,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("qkv", None),
     ("classes", None),
     ("patch", None),
+    ("channels", "fsdp"),  # convnets: the output channels of a conv, BN and dense layer
 )
 
 

@@ -37,7 +37,9 @@ def _param_leaves(model):
 def test_registry_has_all_timm_names():
   assert {n for n in list_models() if n.startswith("deit_")} == set(PARAM_COUNTS)
   assert {n for n in list_models() if not n.startswith("deit_")} == {
-      f"cifar_resnet{d}" for d in (8, 14, 20, 32, 56)}
+      f"cifar_resnet{d}" for d in (8, 14, 20, 32, 56)} | {
+      f"regnety_{g}" for g in ("002", "004", "006", "008", "016", "032", "040", "064", "080",
+                               "120", "160", "320")}
 
 
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
+from deit_jax.models.regnet import REGNETY, RegNet, RegNetConfig
 from deit_jax.models.resnet import ResNet, ResNetConfig
 from deit_jax.models.vit import DeiTConfig, VisionTransformer
 
@@ -40,6 +41,10 @@ def _vit_factory(*, rngs: nnx.Rngs, **config: Any) -> VisionTransformer:
 
 def _resnet_factory(*, rngs: nnx.Rngs, **config: Any) -> ResNet:
   return ResNet(ResNetConfig(**config), rngs=rngs)
+
+
+def _regnet_factory(*, rngs: nnx.Rngs, **config: Any) -> RegNet:
+  return RegNet(RegNetConfig(**config), rngs=rngs)
 
 
 def _lookup(name: str):
@@ -99,3 +104,9 @@ for _size, _img in [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]
 # Convnet teachers for small images (deit_jax.models.resnet); no timm counterpart.
 for _depth in (8, 14, 20, 32, 56):
   register_model(f"cifar_resnet{_depth}", _resnet_factory, ResNetConfig, depth=_depth)
+
+# RegNetY with timm's names and architecture (deit_jax.models.regnet); regnety_160 is the
+# DeiT paper's teacher.
+for _name, (_w0, _wa, _wm, _depth, _group) in REGNETY.items():
+  register_model(_name, _regnet_factory, RegNetConfig, w0=_w0, wa=_wa, wm=_wm, depth=_depth,
+                 group_size=_group)

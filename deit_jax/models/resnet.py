@@ -21,8 +21,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+
+from deit_jax.models.convnet import (batch_norm, conv2d, positive_int_problems,
+                                      teacher_config_problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,38 +41,31 @@ class ResNetConfig:
   distilled: bool = False       # never: a teacher has one head (kept for uniform checks)
 
   def __post_init__(self):
-    problems = []
-    for key in ("num_classes", "img_size", "in_chans", "depth", "width"):
-      value = getattr(self, key)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        problems.append(f"{key} must be a positive integer, got {value!r}")
+    problems = positive_int_problems(self, ("num_classes", "img_size", "in_chans", "depth",
+                                            "width"))
     if not problems and (self.depth - 2) % 6:
       problems.append(f"depth must be 6n + 2 (8, 14, 20, 32, 44, 56, ...), got {self.depth}")
-    if self.distilled:
-      problems.append("a ResNet has no distillation token (distilled must be False)")
-    if not 0.0 <= self.drop_rate < 1.0:
-      problems.append(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
-    for key in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, key))
-      except TypeError:
-        problems.append(f"{key} {getattr(self, key)!r} is not a dtype name")
+    problems += teacher_config_problems(self, "ResNet")
     if problems:
       raise ValueError("invalid ResNet config: " + "; ".join(problems))
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int, c: ResNetConfig, rngs: nnx.Rngs):
+  return conv2d(cin, cout, kernel, stride=stride, kernel_init=nnx.initializers.he_normal(),
+                dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+
+
+def _norm(channels: int, c: ResNetConfig, rngs: nnx.Rngs, zero: bool = False):
+  return batch_norm(channels, momentum=c.bn_momentum, dtype=c.dtype, param_dtype=c.param_dtype,
+                    rngs=rngs, zero_scale=zero)
 
 
 class _Block(nnx.Module):
   """Basic block: conv3x3-BN-ReLU-conv3x3-BN (+ shortcut) -> ReLU."""
 
   def __init__(self, cin: int, cout: int, stride: int, c: ResNetConfig, rngs: nnx.Rngs):
-    conv = lambda i, o, k, s: nnx.Conv(
-        i, o, (k, k), strides=(s, s), padding=1 if k == 3 else 0, use_bias=False,
-        dtype=c.dtype, param_dtype=c.param_dtype,
-        kernel_init=nnx.initializers.he_normal(), rngs=rngs)
-    norm = lambda ch, zero=False: nnx.BatchNorm(
-        ch, momentum=c.bn_momentum, epsilon=1e-5, dtype=c.dtype, param_dtype=c.param_dtype,
-        scale_init=nnx.initializers.zeros_init() if zero else nnx.initializers.ones_init(),
-        rngs=rngs)
+    conv = lambda i, o, k, s: _conv(i, o, k, s, c, rngs)
+    norm = lambda ch, zero=False: _norm(ch, c, rngs, zero)
     self.conv1, self.bn1 = conv(cin, cout, 3, stride), norm(cout)
     # The last BN of each residual branch starts at zero: every block begins as identity.
     self.conv2, self.bn2 = conv(cout, cout, 3, 1), norm(cout, zero=True)
@@ -90,11 +85,8 @@ class ResNet(nnx.Module):
     c = self.config = config
     widths = [16 * c.width, 32 * c.width, 64 * c.width]
     n = (c.depth - 2) // 6
-    self.stem = nnx.Conv(c.in_chans, widths[0], (3, 3), padding=1, use_bias=False,
-                         dtype=c.dtype, param_dtype=c.param_dtype,
-                         kernel_init=nnx.initializers.he_normal(), rngs=rngs)
-    self.stem_bn = nnx.BatchNorm(widths[0], momentum=c.bn_momentum, epsilon=1e-5,
-                                 dtype=c.dtype, param_dtype=c.param_dtype, rngs=rngs)
+    self.stem = _conv(c.in_chans, widths[0], 3, 1, c, rngs)
+    self.stem_bn = _norm(widths[0], c, rngs)
     blocks, cin = [], widths[0]
     for stage, cout in enumerate(widths):
       for i in range(n):
