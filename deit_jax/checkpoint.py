@@ -4,6 +4,7 @@ A model directory (written by ``python -m deit_jax.convert`` and restorable by e
 and fine-tuning) holds::
 
     params/                orbax PyTree checkpoint of the model's nnx.Param state
+    batch_stats/           the same for its BatchNorm statistics (convnets only)
     deit_jax_model.json    {"name": ..., "overrides": {...}, "source": ..., "format": 1}
 
 orbax writes ``params/`` atomically (temporary folder, then rename) and the JSON file is
@@ -49,11 +50,15 @@ def save_model(directory, model: nnx.Module, *, name: str, overrides: dict[str, 
     path.rmtree()
   path.mkdir(parents=True, exist_ok=True)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path / "params", params)
+    if batch_stats:
+      checkpointer.save(path / "batch_stats", batch_stats)
     checkpointer.wait_until_finished()
   metadata = {"format": _FORMAT, "name": name, "overrides": dict(overrides),
-              "source": source, "num_params": count_params(model)}
+              "source": source, "num_params": count_params(model),
+              "batch_stats": bool(batch_stats)}
   tmp = path / (MODEL_METADATA + ".tmp")
   tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True))
   tmp.rename(path / MODEL_METADATA)
@@ -78,17 +83,22 @@ def load_model(directory, **overrides: Any) -> nnx.Module:
   metadata = read_metadata(path)
   config = {**metadata["overrides"], **overrides}
   model = create_model(metadata["name"], **config)
-  state = nnx.state(model, nnx.Param)
-  target = nnx.to_pure_dict(state)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  items = [("params", nnx.state(model, nnx.Param))]
+  if jax.tree.leaves(nnx.state(model, nnx.BatchStat)):
+    if not metadata.get("batch_stats"):
+      raise ValueError(f"{path}: saved without the BatchNorm statistics {metadata['name']} "
+                       "needs (an older deit_jax wrote it); convert or export it again")
+    items.append(("batch_stats", nnx.state(model, nnx.BatchStat)))
   with ocp.StandardCheckpointer() as checkpointer:
-    try:
-      restored = checkpointer.restore(path / "params", abstract)
-    except ValueError as e:
-      raise ValueError(f"{path}: saved parameters do not fit {metadata['name']} with "
-                       f"overrides {config}: {e}") from e
-  nnx.replace_by_pure_dict(state, restored)
-  nnx.update(model, state)
+    for item, state in items:
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+      try:
+        restored = checkpointer.restore(path / item, abstract)
+      except ValueError as e:
+        raise ValueError(f"{path}: saved {item} do not fit {metadata['name']} with "
+                         f"overrides {config}: {e}") from e
+      nnx.replace_by_pure_dict(state, restored)
+      nnx.update(model, state)
   return model
 
 
@@ -237,9 +247,10 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
 
 
 def params_digest(model: nnx.Module) -> str:
-  """SHA-256 over the parameters' names, shapes, dtypes and bytes: identifies a teacher."""
+  """SHA-256 over the names, shapes, dtypes and bytes of the parameters and BatchNorm
+  statistics: identifies a teacher."""
   digest = hashlib.sha256()
-  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
   for key, variable in sorted(flat, key=lambda kv: tuple(map(str, kv[0]))):
     value = np.asarray(variable.get_value() if hasattr(variable, "get_value") else variable.value)
     digest.update("/".join(map(str, key)).encode())

@@ -7,12 +7,21 @@ Accepts an official DeiT checkpoint (``{"model": state_dict, ...}``), a plain ti
 state_dict ``.pth`` or a ``.safetensors`` file. Pickles are read only with
 ``torch.load(weights_only=True)``; anything that needs arbitrary code to unpickle is refused.
 
-Key map (official and timm share keys), see REFERENCE.md section 1:
-conv kernel (D,C,p,p) -> HWIO; Linear (out,in) -> (in,out); fused qkv rows [q; k; v] ->
-(D, 3, heads, head_dim); attn.proj -> (heads, head_dim, D); LayerNorm weight -> scale.
-A different resolution resamples the patch part of ``pos_embed`` exactly like the
-official fine-tuning code (torch bicubic, align_corners=False); a different class count
-drops both heads and keeps the model's fresh initialisation of them.
+DeiT key map (official and timm share keys): conv kernel (D,C,p,p) -> HWIO; Linear
+(out,in) -> (in,out); fused qkv rows [q; k; v] -> (D, 3, heads, head_dim); attn.proj ->
+(heads, head_dim, D); LayerNorm weight -> scale. A different resolution resamples the
+patch part of ``pos_embed`` exactly like the official fine-tuning code (torch bicubic,
+align_corners=False); a different class count drops both heads and keeps the model's fresh
+initialisation of them.
+
+RegNetY key map (timm's ``regnet.py``; the official DeiT teacher file
+``regnety_160-a5fe301d.pth`` holds the same keys under "model"): ``stem``/``s{i}.b{j}``
+ConvNormAct -> conv kernel HWIO, BatchNorm weight/bias -> scale/bias and running_mean/var
+-> the BatchStat mean/var; SE 1x1 convs -> dense kernels; ``head.fc`` -> ``head``. A
+teacher's head is never re-initialised: weights of another width, depth, class count or
+input channel count are refused with what they are.
+
+    python -m deit_jax.convert regnety_160-a5fe301d.pth --model regnety_160 --out /ckpt/rgy160
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ from typing import Any, Callable
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import nnx
 
 from deit_jax.models import create_model
+from deit_jax.models.regnet import REGNETY, RegNet, regnet_stages
 from deit_jax.models.vit import VisionTransformer
 
 _HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
@@ -188,6 +199,70 @@ def _key_map(model: VisionTransformer) -> dict[str, _Entry]:
   return entries
 
 
+def _regnet_key_map(model: RegNet) -> dict[str, _Entry]:
+  hwio = lambda w: w.transpose(2, 3, 1, 0)
+  dense_1x1 = lambda w: w.reshape(w.shape[0], -1).T  # (out, in, 1, 1) -> (in, out)
+  entries = {}
+
+  def conv_norm(prefix: str, path: tuple) -> None:
+    entries[prefix + "conv.weight"] = _Entry(path + ("conv", "kernel"), hwio)
+    for theirs, ours in (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
+                         ("running_var", "var")):
+      entries[f"{prefix}bn.{theirs}"] = _Entry(path + ("bn", ours))
+
+  conv_norm("stem.", ("stem",))
+  for i, stage in enumerate(model.stages):
+    for j, block in enumerate(stage):
+      p, path = f"s{i + 1}.b{j + 1}.", ("stages", i, j)
+      for name in ("conv1", "conv2", "conv3"):
+        conv_norm(f"{p}{name}.", path + (name,))
+      if block.downsample is not None:
+        conv_norm(p + "downsample.", path + ("downsample",))
+      if block.se is not None:
+        for fc in ("fc1", "fc2"):
+          entries[f"{p}se.{fc}.weight"] = _Entry(path + ("se", fc, "kernel"), dense_1x1)
+          entries[f"{p}se.{fc}.bias"] = _Entry(path + ("se", fc, "bias"))
+  entries["head.fc.weight"] = _Entry(("head", "kernel"), lambda w: w.T)
+  entries["head.fc.bias"] = _Entry(("head", "bias"))
+  return entries
+
+
+def _regnet_signature(state_dict: dict[str, np.ndarray]) -> dict[str, Any] | None:
+  """What a timm RegNet state dict was built as (None if it is not one)."""
+  stages = []
+  for i in range(1, 5):
+    blocks = {int(k.split(".")[1][1:]) for k in state_dict
+              if k.startswith(f"s{i}.b") and k.endswith(".conv1.conv.weight")}
+    if not blocks:
+      return None
+    stages.append((int(state_dict[f"s{i}.b1.conv1.conv.weight"].shape[0]), max(blocks)))
+  stem, head = state_dict.get("stem.conv.weight"), state_dict.get("head.fc.weight")
+  if stem is None or head is None:
+    return None
+  return {"stages": stages, "in_chans": int(stem.shape[1]), "num_classes": int(head.shape[0])}
+
+
+def _check_regnet(model: RegNet, state_dict: dict[str, np.ndarray]) -> None:
+  """One sentence for weights of another RegNet shape, before any key-by-key listing."""
+  found = _regnet_signature(state_dict)
+  if found is None:
+    return
+  cfg = model.config
+  ours = [(w, d) for w, d, _ in cfg.stages]
+  if found["stages"] != ours:
+    matches = [name for name, (w0, wa, wm, depth, group) in REGNETY.items()
+               if [(w, d) for w, d, _ in regnet_stages(w0, wa, wm, depth, group)]
+               == found["stages"]]
+    which = f" (that is {' or '.join(matches)})" if matches else ""
+    raise ConversionError(
+        f"the weights are of a RegNet with stage (width, blocks) {found['stages']}{which}; "
+        f"the model has {ours}")
+  for key, flag in (("num_classes", "--num-classes"), ("in_chans", "--in-chans")):
+    if found[key] != getattr(cfg, key):
+      raise ConversionError(f"the weights have {key}={found[key]}, the model "
+                            f"{getattr(cfg, key)} (pass {flag} {found[key]}, or other weights)")
+
+
 def _is_square_grid(pos_embed: np.ndarray, cfg) -> bool:
   """Whether ``pos_embed`` is (1, prefix + g*g, D) for this model's prefix and width."""
   if pos_embed.ndim != 3 or pos_embed.shape[0] != 1 or pos_embed.shape[2] != cfg.embed_dim:
@@ -203,26 +278,41 @@ def _variable(model, path):
   return node
 
 
-def apply_state_dict(model: VisionTransformer, state_dict: dict[str, np.ndarray]) -> list[str]:
+def apply_state_dict(model: VisionTransformer | RegNet,
+                     state_dict: dict[str, np.ndarray]) -> list[str]:
   """Copies torch weights into ``model`` in place; returns notes on what was adapted.
 
   Raises ConversionError listing every missing, unexpected and mismatched key at once.
   """
-  if not isinstance(model, VisionTransformer):
-    raise ConversionError(f"{type(model).__name__} models have no PyTorch key map")
+  updates, notes = _match(model, state_dict)
+  _assign(model, updates, notes)
+  return notes
+
+
+def _match(model, state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
+  """The values to assign, by attribute path, and notes; needs only shapes, so ``model``
+  may be abstract (``nnx.eval_shape``)."""
   cfg = model.config
-  entries = _key_map(model)
+  notes, skip = [], set()
+  if isinstance(model, RegNet):
+    _check_regnet(model, state_dict)
+    entries = _regnet_key_map(model)
+    # BatchNorm's update counter has no use here (our momentum is fixed).
+    state_dict = {k: v for k, v in state_dict.items()
+                  if not k.endswith(".num_batches_tracked")}
+  elif isinstance(model, VisionTransformer):
+    entries = _key_map(model)
+    head_shape = state_dict.get("head.weight", np.zeros((0, 0))).shape
+    if head_shape and head_shape[0] != cfg.num_classes and head_shape[1:] == (cfg.embed_dim,):
+      notes.append(f"checkpoint heads have {head_shape[0]} classes, the model "
+                   f"{cfg.num_classes}: dropped the checkpoint heads and kept freshly "
+                   "initialised ones")
+      skip = set(_HEAD_KEYS)
+  else:
+    raise ConversionError(f"{type(model).__name__} models have no PyTorch key map")
   missing = sorted(set(entries) - set(state_dict))
   unexpected = sorted(set(state_dict) - set(entries))
-  mismatched, notes, updates = [], [], {}
-
-  head_shape = state_dict.get("head.weight", np.zeros((0, 0))).shape
-  if head_shape and head_shape[0] != cfg.num_classes and head_shape[1:] == (cfg.embed_dim,):
-    notes.append(f"checkpoint heads have {head_shape[0]} classes, the model {cfg.num_classes}: "
-                 "dropped the checkpoint heads and kept freshly initialised ones")
-    skip = set(_HEAD_KEYS)
-  else:
-    skip = set()
+  mismatched, updates = [], {}
 
   for key, entry in entries.items():
     if key in missing or key in skip:
@@ -254,23 +344,31 @@ def apply_state_dict(model: VisionTransformer, state_dict: dict[str, np.ndarray]
     if mismatched:
       parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
     raise ConversionError("checkpoint does not fit the model: " + " | ".join(parts))
+  return updates, notes
 
+
+def _assign(model, updates: dict, notes: list[str]) -> None:
   for path, value in updates.items():
     var = _variable(model, path)
     var.set_value(jnp.asarray(value, var.dtype))
   for note in notes:
     logging.warning("%s", note)
-  return notes
 
 
 def load_torch_checkpoint(path: str | os.PathLike, name: str, **overrides: Any):
-  """Builds ``create_model(name, **overrides)`` and fills it with the weights at ``path``."""
+  """Builds ``create_model(name, **overrides)`` and fills it with the weights at ``path``.
+
+  Weights that do not fit are refused before the model is initialised (which takes a
+  while for large models on CPU).
+  """
   state_dict = read_state_dict(path)
-  model = create_model(name, **overrides)
+  abstract = nnx.eval_shape(lambda: create_model(name, **overrides))
   try:
-    apply_state_dict(model, state_dict)
+    updates, notes = _match(abstract, state_dict)
   except ConversionError as e:
     raise ConversionError(f"{path} -> {name}: {e}") from None
+  model = create_model(name, **overrides)
+  _assign(model, updates, notes)
   return model
 
 
@@ -290,6 +388,8 @@ def _parse_args(argv):
   parser.add_argument("--out", required=True, help="output directory (local or gs://)")
   parser.add_argument("--num-classes", type=int, help="re-initialise the heads for N classes")
   parser.add_argument("--img-size", type=int, help="fine-tune resolution (resamples pos_embed)")
+  parser.add_argument("--in-chans", type=int, help="input channels the weights take "
+                      "(e.g. 1 for a grey-image teacher)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   return parser.parse_args(argv)
 
@@ -299,7 +399,8 @@ def main(argv=None) -> int:
 
   args = _parse_args(argv)
   overrides = {k: v for k, v in (("num_classes", args.num_classes),
-                                 ("img_size", args.img_size)) if v is not None}
+                                 ("img_size", args.img_size),
+                                 ("in_chans", args.in_chans)) if v is not None}
   try:
     model = load_torch_checkpoint(args.src, args.model, **overrides)
     out = checkpoint.save_model(args.out, model, name=args.model, overrides=overrides,

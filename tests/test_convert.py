@@ -1,6 +1,8 @@
 """Weight import: timm parity for every registered name, adaptation, refusal of bad input."""
 
+import os
 import pickle
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -214,3 +216,80 @@ def test_half_precision_safetensors_convert(tmp_path):
   assert model.cls_token.dtype == jnp.float32
   np.testing.assert_array_equal(model.cls_token[...],
                                 reference.cls_token.detach().bfloat16().float().numpy())
+
+
+# ---------------------------------------------------------------------------
+# RegNetY (the DeiT teacher)
+# ---------------------------------------------------------------------------
+
+SLOW = pytest.mark.skipif(os.environ.get("DEIT_JAX_SLOW") != "1",
+                          reason="slow (minutes on CPU): DEIT_JAX_SLOW=1 runs it")
+
+
+def _perturbed_regnet(name, seed=0, **kwargs):
+  """_perturbed_timm_model plus BatchNorm moved off identity: scales in [0.5, 1] (the last BN
+  of each block starts at 0 in timm), running means and variances random."""
+  model = _perturbed_timm_model(name, seed, **kwargs)
+  gen = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.0, generator=gen)
+        module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=gen) * 0.1)
+        module.running_var.uniform_(0.5, 1.5, generator=gen)
+  return model.eval()
+
+
+@pytest.mark.parametrize("name", ["regnety_002"] + [
+    pytest.param(n, marks=SLOW) for n in ("regnety_040", "regnety_080", "regnety_160")])
+def test_regnet_parity_with_timm(name, tmp_path):
+  reference = _perturbed_regnet(name)
+  path = tmp_path / "teacher.pth"
+  torch.save({"model": reference.state_dict()}, path)  # the official DeiT teacher layout
+  ours = convert.load_torch_checkpoint(path, name)
+  ours.eval()
+  x = np.random.RandomState(1).randn(2, 224, 224, 3).astype(np.float32)
+  expected = _torch_logits(reference, x)
+  got = np.asarray(nnx.jit(lambda m, v: m(v))(ours, jnp.asarray(x)))
+  err = np.abs(got - expected).max()
+  print(f"{name}: eval max|diff| {err:.2e} (max|logit| {np.abs(expected).max():.2f})")
+  assert err <= PARITY_ATOL
+  np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+  bn = reference.s2.b1.conv2.bn
+  np.testing.assert_array_equal(ours.stages[1][0].conv2.bn.var[...], bn.running_var.numpy())
+
+
+def test_regnet_cli_round_trip_keeps_batch_statistics(tmp_path, capsys):
+  """A grey-image, 10-class teacher from a .safetensors file, through the CLI and back."""
+  reference = _perturbed_regnet("regnety_002", num_classes=10, in_chans=1)
+  path = tmp_path / "teacher.safetensors"
+  safetensors_torch.save_file({k: v.contiguous() for k, v in reference.state_dict().items()},
+                              path)
+  out = tmp_path / "teacher"
+  assert convert.main([str(path), "--model", "regnety_002", "--out", str(out),
+                       "--num-classes", "10", "--in-chans", "1"]) == 0
+  count = sum(p.numel() for p in reference.parameters())
+  assert f"wrote regnety_002 ({count:,} parameters)" in capsys.readouterr().out
+  model, _ = checkpoint.load_trained_model(out)
+  x = np.random.RandomState(2).randn(3, 64, 64, 1).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(model(jnp.asarray(x))), _torch_logits(reference, x),
+                             atol=PARITY_ATOL)
+
+
+@pytest.mark.parametrize("model_args, message", [
+    (["--model", "regnety_004"],
+     r"stage \(width, blocks\) \[\(24, 1\), \(56, 1\), \(152, 4\), \(368, 7\)\] \(that is "
+     r"regnety_002\); the model has \[\(48, 1\), \(104, 3\), \(208, 6\), \(440, 6\)\]"),
+    (["--model", "regnety_002", "--num-classes", "10"],
+     "the weights have num_classes=1000, the model 10"),
+    (["--model", "deit_tiny_patch16_224"], "missing keys .*unexpected keys"),
+])
+def test_regnet_weights_that_do_not_fit_are_one_line(tmp_path, capsys, model_args, message):
+  path = tmp_path / "regnety_002.pth"
+  torch.save(timm.create_model("regnety_002").state_dict(), path)
+  out = tmp_path / "out"
+  assert convert.main([str(path), "--out", str(out), *model_args]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "\n" not in err
+  assert re.search(message, err), err
+  assert not out.exists()
