@@ -7,6 +7,8 @@ Commands (TPU VM or GPU host; see README "Train on a TPU pod" for data and teach
     python -m deit_jax.main --config=configs/deit_base.py:none --workdir=...   # no distillation
     python -m deit_jax.main --config=configs/deit_base.py:soft --workdir=... \
         --config.distill.teacher_logits=...                                       # soft (KL)
+    python -m deit_jax.main --config=configs/deit_base.py:online --workdir=... \
+        --config.distill.teacher=gs://BUCKET/models/regnety_160   # online RegNetY-16GF teacher
 
 Expected top-1 (paper, 224, 300 epochs): 81.8 / 83.4 (none / hard distillation, head average).
 Expected runtime: ~9 h on a TPU v4-32 or 8xH100 (estimate) (paper: 53 h on one 8xV100 node); batch 1024 global, bf16 compute with fp32 master weights.

@@ -7,6 +7,8 @@ Commands (TPU VM or GPU host; see README "Train on a TPU pod" for data and teach
     python -m deit_jax.main --config=configs/deit_small.py:none --workdir=...   # no distillation
     python -m deit_jax.main --config=configs/deit_small.py:soft --workdir=... \
         --config.distill.teacher_logits=...                                       # soft (KL)
+    python -m deit_jax.main --config=configs/deit_small.py:online --workdir=... \
+        --config.distill.teacher=gs://BUCKET/models/regnety_160   # online RegNetY-16GF teacher
 
 Expected top-1 (paper, 224, 300 epochs): 79.8 / 81.2 (none / hard distillation, head average).
 Expected runtime: ~4.5 h on a TPU v4-32 (estimate) ; batch 1024 global, bf16 compute with fp32 master weights.

@@ -3,13 +3,16 @@
 Not a config by itself: ``deit_tiny.py``, ``deit_small.py``, ``deit_base.py`` and
 ``deit_base_384_finetune.py`` call ``recipe(...)`` with their model and schedule.
 ``variant`` picks the distillation: "hard" (the paper's DeiT-alembic rows: distilled
-model, hard labels from precomputed RegNetY-16GF logits), "soft" (KL, tau 1, alpha 0.5 —
+model, hard labels from precomputed RegNetY-16GF logits), "online" (the paper's exact
+recipe: the same, with the RegNetY-16GF run inside the train step on the augmented, mixed
+batch; give ``--config.distill.teacher=<model dir>`` written by ``python -m deit_jax.convert
+regnety_160-a5fe301d.pth --model regnety_160 --out DIR``), "soft" (KL, tau 1, alpha 0.5 —
 the official code's soft setting), or "none" (the plain model, the undistilled rows).
 """
 
 import ml_collections
 
-VARIANTS = ("hard", "soft", "none")
+VARIANTS = ("hard", "online", "soft", "none")
 
 
 def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
@@ -46,7 +49,7 @@ def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
   config.lr_scale_batch = 512         # lr = optimizer.lr * batch_size / 512
 
   config.distill = ml_collections.ConfigDict(dict(
-      type=variant, alpha=0.5, tau=1.0, kl_reduction="numel",
+      type="hard" if variant == "online" else variant, alpha=0.5, tau=1.0, kl_reduction="numel",
       # Precomputed RegNetY-16GF logits of the train split (python -m deit_jax.teacher
       # precompute --timm=regnety_160 ...); or distill.teacher for an online teacher.
       teacher_logits="", teacher="", teacher_dtype="bfloat16"))

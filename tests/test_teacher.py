@@ -1,6 +1,10 @@
 """Teacher logits: stores round-trip, join by id, validation, crop-consistent replay, the
 online teacher, the CNN teacher."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -206,3 +210,78 @@ def test_timm_teacher_loads_weights_and_matches_timm(tmp_path):
   assert info["name"] == "timm:resnet10t" and len(info["sha256"]) == 64
   with pytest.raises(ValueError, match="does not fit timm resnet10t"):
     timm_logits_fn("resnet10t", str(tmp_path / "teacher.pth"), num_classes=5, in_chans=1)
+
+
+# ---------------------------------------------------------------------------
+# A converted RegNetY as teacher (model directory), online and precomputed, on 4 devices
+# ---------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST_AUGMENT = pipeline.AugmentConfig(image_size=28, crop="pad_crop", pad=2, randaugment=None,
+                                        random_erasing=0.0, in_chans=1, mean=(0.2860,),
+                                        std=(0.3530,), repeated_aug=1)
+
+
+@pytest.fixture(scope="module")
+def regnet_teacher_dir(tmp_path_factory):
+  """A regnety_002 for 28x28 grey images and 10 classes, as ``deit_jax.convert`` writes it
+  (BatchNorm statistics moved off their init so that losing them would show)."""
+  from deit_jax import checkpoint
+  model = create_model("regnety_002", num_classes=10, in_chans=1, seed=3)
+  for _, stat in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
+    stat[...] = stat[...] + 0.1
+  path = tmp_path_factory.mktemp("regnet") / "teacher"
+  checkpoint.save_model(path, model, name="regnety_002",
+                        overrides={"num_classes": 10, "in_chans": 1})
+  return path
+
+
+def _cli(*args):
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+  out = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env=env)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+def test_online_regnet_teacher_trains_fsdp_sharded(fmnist_data_dir, regnet_teacher_dir,
+                                                    tmp_path):
+  stdout = _cli("deit_jax.main", "--config=configs/fashion_mnist_deit_tiny_distilled.py",
+                f"--workdir={tmp_path / 'run'}", f"--config.data_dir={fmnist_data_dir}",
+                f"--config.distill.teacher={regnet_teacher_dir}",
+                "--config.distill.teacher_dtype=bfloat16", "--cpu_devices=4",
+                "--config.mesh.fsdp=2", "--config.model.depth=1", "--config.model.embed_dim=32",
+                "--config.model.num_heads=2", "--config.batch_size=16",
+                "--config.total_steps=4", "--config.log_every_steps=2",
+                "--config.checkpoint_every_steps=0", "--config.eval_every_steps=0")
+  assert "'fsdp': 2" in stdout and "step 4/4" in stdout, stdout[-2000:]
+
+
+def test_regnet_precompute_is_sharded_and_resumable(tmp_path):
+  from deit_jax import checkpoint
+  from conftest import image_folder
+  dataset = image_folder(tmp_path / "images")
+  out = tmp_path / "logits"
+  command = ("deit_jax.teacher", "precompute", "--config=configs/fashion_mnist_deit_tiny.py",
+             f"--config.dataset={dataset}", "--config.num_classes=3", "--split=test",
+             f"--out={out}", "--batch_size=4", "--shard_size=5", "--cpu_devices=4")
+  model = create_model("regnety_002", num_classes=3, in_chans=1, seed=5)
+  checkpoint.save_model(tmp_path / "t3", model, name="regnety_002",
+                        overrides={"num_classes": 3, "in_chans": 1})
+  _cli(*command, f"--checkpoint={tmp_path / 't3'}")
+  first = st.TeacherLogits(str(out)).lookup(np.arange(12))
+  (out / st.shard_name(5, 10)).unlink()
+  (out / st.MANIFEST).unlink()
+  assert "reusing 2 finished shard(s)" in _cli(*command, f"--checkpoint={tmp_path / 't3'}")
+  logits = st.TeacherLogits(str(out))
+  np.testing.assert_array_equal(logits.lookup(np.arange(12)), first)
+  assert logits.manifest["teacher"]["name"] == "regnety_002"
+
+  # The same logits as the model run here on one device, through the eval transform.
+  source = sources.open_source(dataset, "test")
+  model.eval()
+  pc.precompute(pc.jax_logits_fn(model, 4), source, FMNIST_AUGMENT, str(tmp_path / "here"),
+                teacher={"name": "here"}, batch_size=4, shard_size=12, log=lambda _: None)
+  np.testing.assert_allclose(st.TeacherLogits(str(tmp_path / "here")).lookup(np.arange(12)),
+                             first, rtol=2e-3, atol=2e-3)
