@@ -99,6 +99,9 @@ def parse_args(argv):
   p.add_argument("--timm-compile", action="store_true",
                  help="with --vs-timm: wrap timm's model in torch.compile (the first "
                       "warm-up step compiles)")
+  p.add_argument("--online-teacher", default=None, metavar="NAME",
+                 help="train: run this registry model (random init, bf16) as online teacher "
+                      "inside the step instead of feeding precomputed teacher logits")
   p.add_argument("--jax-in-child", action="store_true", help=argparse.SUPPRESS)  # tests
   p.add_argument("--peak-tflops", type=float, default=None,
                  help="peak TFLOP/s per device for MFU (default: table / CPU probe)")
@@ -198,8 +201,23 @@ def _random_batch(cfg, batch_size: int, distilled: bool, mesh, seed: int = 0):
   return jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
-def build_train(make_model, abstract, mesh, batch):
-  """The compiled train step exactly as ``deit_jax.main`` builds it, and its first state."""
+def online_teacher(name: str, num_classes: int, mesh):
+  """A randomly initialised registry model as online teacher, bf16 compute, placed as
+  ``deit_jax.teacher.feed`` places a loaded one: (ModelDef, shardings, (params, rest))."""
+  make = lambda: create_model(name, num_classes=num_classes, dtype="bfloat16")
+  abstract = nnx.eval_shape(make)
+  shardings = ts.model_shardings(abstract, mesh)
+
+  def init():
+    _, params, rest = ts.split_model(make())
+    return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+  return ts.ModelDef.of(abstract), shardings, jax.jit(init, out_shardings=shardings)()
+
+
+def build_train(make_model, abstract, mesh, batch, teacher=None):
+  """The compiled train step exactly as ``deit_jax.main`` builds it, and its first state;
+  ``teacher``: ``online_teacher(...)``, run inside the step instead of given logits."""
   cfg, distilled = abstract.config, bool(getattr(abstract.config, "distilled", False))
   model_def = ts.ModelDef.of(abstract)
   batch_size = batch["image"].shape[0]
@@ -208,11 +226,13 @@ def build_train(make_model, abstract, mesh, batch):
   state_sharding = ts.state_shardings(abstract, tx, mesh, ema=True)
   init = jax.jit(lambda: ts.init_state(make_model(), tx, 0, True), out_shardings=state_sharding)
   loss_config = ts.LossConfig(cfg.num_classes, "hard" if distilled else "none")
+  teacher_def, teacher_sharding, teacher_args = (teacher[0], teacher[1], teacher[2:]) \
+      if teacher else (None, None, ())
   step_fn = ts.make_train_step(model_def, tx, schedule, loss_config, mixup.MixupConfig(),
-                               ema_decay=0.99996)
-  train_step = ts.jit_train_step(step_fn, state_sharding, mesh, tuple(batch))
+                               ema_decay=0.99996, teacher_def=teacher_def)
+  train_step = ts.jit_train_step(step_fn, state_sharding, mesh, tuple(batch), teacher_sharding)
   state = init()
-  return train_step.lower(state, batch).compile(), state
+  return train_step.lower(state, batch, *teacher_args).compile(), state
 
 
 def build_infer(make_model, abstract, mesh, batch):
@@ -253,15 +273,17 @@ def _bench_jax(args, batch_size, impl, overrides, mesh, peak) -> tuple[dict, str
     abstract = nnx.eval_shape(make_model)
     cfg = abstract.config
     distilled = bool(getattr(cfg, "distilled", False))
-    batch = _random_batch(cfg, batch_size, distilled, mesh)
+    batch = _random_batch(cfg, batch_size, distilled and not args.online_teacher, mesh)
     start = time.perf_counter()
     try:
       if args.mode == "train":
-        compiled, state = build_train(make_model, abstract, mesh, batch)
+        teacher = online_teacher(args.online_teacher, cfg.num_classes, mesh) \
+            if args.online_teacher else None
+        compiled, state = build_train(make_model, abstract, mesh, batch, teacher)
         holder = {"state": state, "out": None}
 
         def step():
-          holder["state"], holder["out"] = compiled(holder["state"], batch)
+          holder["state"], holder["out"] = compiled(holder["state"], batch, *(teacher or ())[2:])
       else:
         compiled, (params, rest) = build_infer(make_model, abstract, mesh, batch)
         images = batch["image"]
@@ -310,6 +332,7 @@ def _bench_jax(args, batch_size, impl, overrides, mesh, peak) -> tuple[dict, str
       "flops_source": flops_source, "xla_flops_per_image": xla_per_image,
       "peak_tflops": peak[0], "peak_tflops_source": peak[1], "mfu": mfu,
       "peak_memory_bytes": (stats or {}).get("peak_bytes_in_use"), "attn_impl": impl,
+      "online_teacher": args.online_teacher,
   }
   if args.mode == "train":
     result["final_loss"] = float(holder["out"]["train_loss"])
@@ -360,8 +383,12 @@ def main(argv=None) -> dict:
   if args.attn_impl and "attn_impl" in overrides:
     raise BenchError("give the attention with --attn-impl or --override attn_impl, not both")
   overrides["dtype"] = args.dtype
+  if args.online_teacher and args.mode != "train":
+    raise BenchError("--online-teacher times the train step: use it with --mode train")
   try:
     model_config(args.model, **overrides)
+    if args.online_teacher:
+      model_config(args.online_teacher)
     abstract = nnx.eval_shape(lambda: create_model(args.model, seed=0, **overrides))
   except (ValueError, TypeError) as e:
     raise BenchError(str(e).splitlines()[0]) from None
@@ -446,7 +473,8 @@ def _report(r: dict) -> None:
       f"{r['model']}  {r['mode']}  batch {r['batch_size']}  {r['dtype']}  on {r['num_devices']}"
       f" x {r['device_kind']} (mesh {mesh})" + (f"  attention {r['attn_impl']}"
                                                  if r.get("attn_impl") else "")
-      + (f"  overrides {r['overrides']}" if r["overrides"] else ""),
+      + (f"  overrides {r['overrides']}" if r["overrides"] else "")
+      + (f"  online teacher {r['online_teacher']} (bf16)" if r.get("online_teacher") else ""),
       f"  compile        {r['compile_s']:.2f} s",
       f"  step           {r['step_ms']:.2f} ms (mean of {r['steps']} steps run back to back; "
       f"per window {', '.join(f'{t:.2f}' for t in r['step_ms_windows'])})",

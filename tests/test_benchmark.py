@@ -283,3 +283,15 @@ def test_time_steps_dispatches_back_to_back():
   calls.clear()
   _, windows = time_steps(lambda: calls.append("d"), lambda: calls.append("s"), 0, 1)
   assert "".join(calls) == "ds" and len(windows) == 1
+
+
+def test_online_teacher_runs_in_the_train_step():
+  result = benchmark.main(["--model", MODEL, *TINY, "--batch-size", "4", "--steps", "1",
+                           "--warmup", "0", "--peak-tflops", "0.1",
+                           "--online-teacher", "cifar_resnet8"])
+  assert result["online_teacher"] == "cifar_resnet8" and jnp.isfinite(result["final_loss"])
+  with pytest.raises(benchmark.BenchError, match="--online-teacher times the train step"):
+    benchmark.main(["--model", MODEL, "--batch-size", "4", "--mode", "infer",
+                    "--online-teacher", "regnety_160"])
+  with pytest.raises(benchmark.BenchError, match="unknown model 'regnety_16'"):
+    benchmark.main(["--model", MODEL, "--batch-size", "4", "--online-teacher", "regnety_16"])
