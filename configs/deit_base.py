@@ -1,6 +1,6 @@
 """DeiT-Base on ImageNet-1k, 300 epochs, the official recipe (configs/imagenet_recipe.py).
 
-Commands (TPU VM or GPU host; see README "Train on a TPU pod" for data and teacher logits):
+Commands (TPU VM or GPU host; docs/launch.md shows data and teacher logits):
     python -m deit_jax.main --config=configs/deit_base.py --workdir=gs://BUCKET/runs/deit_base \
         --config.data_dir=gs://BUCKET/tfds \
         --config.distill.teacher_logits=gs://BUCKET/teacher_logits/regnety160
@@ -9,11 +9,14 @@ Commands (TPU VM or GPU host; see README "Train on a TPU pod" for data and teach
         --config.distill.teacher_logits=...                                       # soft (KL)
 
 Expected top-1 (paper, 224, 300 epochs): 81.8 / 83.4 (none / hard distillation, head average).
-Expected runtime: ~9 h on a TPU v4-32 or 8xH100 (estimate) (paper: 53 h on one 8xV100 node); batch 1024 global, bf16 compute with fp32 master weights.
+Expected runtime: ~9 h on a TPU v4-32 or 8xH100 (estimate; the paper: 53 h on one 8xV100
+node); batch 1024 global, bf16 compute with fp32 master weights.
 Not yet run by us end to end: the figures are the paper's.
 """
 
 from configs import imagenet_recipe
+
+VARIANTS = imagenet_recipe.VARIANTS
 
 
 def get_config(variant: str = "hard"):

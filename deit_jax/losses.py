@@ -1,8 +1,8 @@
 """Classification and distillation losses with the official DeiT code's semantics.
 
-``deit_loss`` follows facebookresearch/deit ``losses.DistillationLoss`` (REFERENCE.md
-section 2): the class head gets the base criterion against the (mixed, smoothed) labels,
-the distillation head gets the teacher term, and
+``deit_loss`` follows facebookresearch/deit ``losses.DistillationLoss`` (DeiT paper,
+arXiv 2012.12877, section 4): the class head gets the base criterion against the (mixed,
+smoothed) labels, the distillation head gets the teacher term, and
 
     total = (1 - alpha) * base + alpha * distill       (``none``: total = base)
 
@@ -16,6 +16,7 @@ All functions are pure and jit-friendly; shape checks happen at trace time.
 
 from __future__ import annotations
 
+import typing
 from typing import Literal, NamedTuple, Sequence
 
 import jax
@@ -24,6 +25,8 @@ import optax
 
 Distillation = Literal["none", "soft", "hard"]
 KLReduction = Literal["numel", "batchmean"]
+DISTILLATIONS: tuple[str, ...] = typing.get_args(Distillation)
+KL_REDUCTIONS: tuple[str, ...] = typing.get_args(KLReduction)
 
 
 def soft_target_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

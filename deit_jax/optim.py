@@ -1,4 +1,5 @@
-"""Optimizer pieces of the DeiT recipe (REFERENCE.md section 3) built from optax."""
+"""Optimizer pieces of the DeiT recipe (AdamW, warm-up + cosine; DeiT paper Table 9) built
+from optax."""
 
 from __future__ import annotations
 

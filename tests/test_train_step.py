@@ -97,7 +97,7 @@ def test_ema_tracks_parameters():
 def test_step_with_mixup_trains():
   step, state = _setup(mixup_config=mixup.MixupConfig())
   losses = []
-  for i in range(8):
+  for _ in range(8):
     state, metrics = step(state, _batch(0))
     losses.append(float(metrics["train_loss"]))
   assert losses[-1] < losses[0] and int(state.step) == 8

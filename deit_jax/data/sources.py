@@ -27,12 +27,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from deit_jax.data import fashion_mnist
+from deit_jax.errors import DatasetError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IN_MEMORY_LIMIT_BYTES = 2 << 30
-
-
-class DatasetError(ValueError):
-  """A dataset that cannot be opened as configured (message says what and where)."""
 
 
 @dataclasses.dataclass
@@ -78,7 +77,6 @@ def _array_record_builder(make):
 
 def _tfds_builder(name: str, data_dir, manual_dir):
   if name == "fashion_mnist":
-    from deit_jax.data import fashion_mnist
     return _array_record_builder(lambda fmt: fashion_mnist.builder(
         data_dir, manual_dir or fashion_mnist.DEFAULT_MANUAL_DIR, file_format=fmt))
   try:
