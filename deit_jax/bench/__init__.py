@@ -3,5 +3,5 @@
     python -m deit_jax.bench.benchmark        the train step (or inference): img/s, MFU, memory
     python -m deit_jax.bench.input_pipeline   the tf.data input pipeline on real JPEGs
 
-``vs_timm`` is the timm (PyTorch) side of ``benchmark --vs_timm``.
+``options`` holds the benchmark's flags, ``vs_timm`` its timm (PyTorch) side (``--vs_timm``).
 """
