@@ -26,6 +26,10 @@ def get_config():
   config.train_split = "train"
   config.eval_split = "test"
   config.num_classes = 10
+  # A subset of the data (transfer and few-label runs): class names or indices, comma
+  # separated ("" = all), relabelled 0..k-1 in that order; per_class > 0 keeps that many
+  # training examples of each (drawn with this seed); evaluation keeps the whole classes.
+  config.subset = ml_collections.ConfigDict(dict(classes="", per_class=0, seed=0))
 
   config.model = ml_collections.ConfigDict(dict(
       name="deit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1,
@@ -42,6 +46,7 @@ def get_config():
   config.total_steps = 1200          # > 0 overrides num_epochs
   config.grad_accum_steps = 1
   config.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", momentum=0.9,  # momentum: name="sgd" only (Nesterov, as timm's 'sgd')
       lr=5e-4 * 8, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=100,
       warmup_epochs=0.0, warmup_lr=1e-6, min_lr=1e-5, grad_clip_norm=0.0))
   config.lr_scale_batch = 512        # lr is per this many examples (DeiT: 5e-4 per 512)

@@ -25,6 +25,10 @@ def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
   config.train_split = "train"
   config.eval_split = "validation"
   config.num_classes = 1000
+  # A subset of the data (transfer and few-label runs): class names or indices, comma
+  # separated ("" = all), relabelled 0..k-1 in that order; per_class > 0 keeps that many
+  # training examples of each (drawn with this seed); evaluation keeps the whole classes.
+  config.subset = ml_collections.ConfigDict(dict(classes="", per_class=0, seed=0))
 
   config.model = ml_collections.ConfigDict(dict(
       name=f"deit_{size}{'_distilled' if distilled else ''}_patch16_{img_size}",
@@ -41,6 +45,7 @@ def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
   config.total_steps = 0              # 0: num_epochs decides
   config.grad_accum_steps = 1
   config.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", momentum=0.9,  # momentum: name="sgd" only (Nesterov, as timm's 'sgd')
       lr=lr, weight_decay=weight_decay, b1=0.9, b2=0.999, eps=1e-8, warmup_steps=-1,
       warmup_epochs=5.0, warmup_lr=1e-6, min_lr=min_lr, grad_clip_norm=0.0))
   config.lr_scale_batch = 512         # lr = optimizer.lr * batch_size / 512

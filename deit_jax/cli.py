@@ -119,11 +119,18 @@ def model_overrides(config) -> dict:
 
 
 def open_split(config, split: str):
-  from deit_jax.data import sources
+  """``split`` of the config's dataset, narrowed to ``config.subset``: its classes on every
+  split, its ``per_class`` examples on the train split only (evaluation keeps every example
+  of the kept classes)."""
+  from deit_jax.data import sources, subset
   source = sources.open_source(config.dataset, split, data_dir=config.data_dir,
                                manual_dir=config.manual_dir)
+  chosen = config.subset
+  source = subset.select(source, classes=subset.parse_classes(chosen.classes),
+                         per_class=chosen.per_class if split == config.train_split else 0,
+                         seed=chosen.seed)
   if source.num_classes != config.num_classes:
-    raise UserError(f"config.num_classes={config.num_classes} but {config.dataset} has "
+    raise UserError(f"config.num_classes={config.num_classes} but {source.name} has "
                     f"{source.num_classes} classes")
   return source
 

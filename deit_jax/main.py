@@ -85,9 +85,7 @@ def train(config, workdir: str) -> dict:
   warmup = opt.warmup_steps if opt.warmup_steps >= 0 else 0
   warmup = warmup or int(round(opt.warmup_epochs * steps_per_epoch))
   schedule = optim.warmup_cosine(base_lr, total_steps, warmup, opt.warmup_lr, opt.min_lr)
-  tx = optim.adamw(schedule, nnx.to_pure_dict(model_def.params_template),
-                   weight_decay=opt.weight_decay, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                   grad_clip_norm=opt.grad_clip_norm or None)
+  tx = optim.create(opt, schedule, nnx.to_pure_dict(model_def.params_template))
 
   # ---------------------------------------------------------------- shardings, state
   state_sharding = ts.state_shardings(abstract_model, tx, mesh, ema=config.ema_decay > 0)
@@ -186,10 +184,15 @@ def train(config, workdir: str) -> dict:
   return eval_metrics
 
 
+_HEADS = ("head", "head_dist", "fc")  # classifier layers: re-initialised on a new class count
+
+
 def _init_from(state, path, overrides, state_sharding):
-  """Fine-tuning start: parameters of a model directory (e.g. converted weights), a
-  training workdir or one of its checkpoints. A position embedding of another resolution
-  is resampled to this model's grid (bicubic, like the official fine-tuning code)."""
+  """Fine-tuning start: parameters of a model directory (e.g. converted official/timm
+  weights), a training workdir or one of its checkpoints. Classifier heads of another class
+  count keep this run's fresh initialisation (both heads of a distilled model); a position
+  embedding of another resolution is resampled to this model's grid (bicubic, like the
+  official fine-tuning code). Anything else that differs is an error."""
   from deit_jax.convert import resample_pos_embed
   model, _ = checkpoint.load_trained_model(path, **{
       k: v for k, v in overrides.items() if k in ("dtype", "remat", "drop_rate",
@@ -197,19 +200,29 @@ def _init_from(state, path, overrides, state_sharding):
   params = nnx.to_pure_dict(ts.split_model(model)[1])
   if jax.tree.structure(params) != jax.tree.structure(state.params):
     raise UserError(f"init_from {path}: a {type(model).__name__} with other parameters than "
-                    "the configured model")
+                    "the configured model (e.g. distilled vs plain, or another depth)")
+  reinitialised, resampled = [], []
 
   def fit(key_path, loaded, target):
     if loaded.shape == target.shape:
       return loaded
-    if jax.tree_util.keystr(key_path).endswith("['pos_embed']"):
+    name = jax.tree_util.keystr(key_path)
+    if key_path[0].key in _HEADS:
+      reinitialised.append(name)
+      return target
+    if name.endswith("['pos_embed']"):
       grid = int(round((target.shape[1] - model.config.num_prefix_tokens) ** 0.5))
+      resampled.append(f"{loaded.shape[1]} -> {target.shape[1]} tokens")
       return resample_pos_embed(np.asarray(loaded), model.config.num_prefix_tokens, grid)
-    raise UserError(f"init_from {path}: {jax.tree_util.keystr(key_path)} has shape "
-                    f"{loaded.shape}, the configured model needs {target.shape} (convert "
-                    "with --num-classes to re-initialise the head)")
+    raise UserError(f"init_from {path}: {name} has shape {loaded.shape}, the configured "
+                    f"model needs {target.shape} (patch size, channels and widths must match)")
 
   params = jax.tree_util.tree_map_with_path(fit, params, state.params)
+  _say(f"init_from {path}"
+       + (f": re-initialised {', '.join(reinitialised)} (checkpoint predicts "
+          f"{model.config.num_classes} classes, this run {overrides['num_classes']})"
+          if reinitialised else "")
+       + (f"; position embedding resampled {resampled[0]}" if resampled else ""))
   params = jax.device_put(params, state_sharding.params)
   # EMA starts from the same values in its own buffers (the step donates both).
   ema = jax.tree.map(lambda x: x.copy(), params) if state.ema else state.ema
