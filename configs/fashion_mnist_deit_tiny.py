@@ -59,6 +59,9 @@ def get_config():
   config.seed = 0
   config.ema_decay = 0.99996
   config.init_from = ""
+  # "auto": keep init_from's classifier head(s) when the class count fits, re-initialise
+  # otherwise; "reset": always re-initialise (other classes of the same count).
+  config.init_from_head = "auto"
   config.log_every_steps = 50
   config.eval_every_steps = 600
   config.checkpoint_every_steps = 300

@@ -60,6 +60,9 @@ def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
   config.seed = 0
   config.ema_decay = 0.99996
   config.init_from = ""
+  # "auto": keep init_from's classifier head(s) when the class count fits, re-initialise
+  # otherwise; "reset": always re-initialise (other classes of the same count).
+  config.init_from_head = "auto"
   config.log_every_steps = 100
   config.eval_every_steps = 5000
   config.checkpoint_every_steps = 1000

@@ -109,7 +109,8 @@ def train(config, workdir: str) -> dict:
   else:
     state, start_step = init(), 0
     if config.init_from:
-      state = _init_from(state, config.init_from, overrides, state_sharding)
+      state = _init_from(state, config.init_from, overrides, state_sharding,
+                         config.init_from_head)
 
   # ---------------------------------------------------------------- steps
   mixup_config = mixup.MixupConfig(**config.mixup.to_dict())
@@ -184,15 +185,18 @@ def train(config, workdir: str) -> dict:
   return eval_metrics
 
 
-_HEADS = ("head", "head_dist", "fc")  # classifier layers: re-initialised on a new class count
+_HEADS = ("head", "head_dist")  # classifier layers: re-initialised on a new class count
 
 
-def _init_from(state, path, overrides, state_sharding):
+def _init_from(state, path, overrides, state_sharding, head="auto"):
   """Fine-tuning start: parameters of a model directory (e.g. converted official/timm
   weights), a training workdir or one of its checkpoints. Classifier heads of another class
   count keep this run's fresh initialisation (both heads of a distilled model); a position
   embedding of another resolution is resampled to this model's grid (bicubic, like the
-  official fine-tuning code). Anything else that differs is an error."""
+  official fine-tuning code). ``head="reset"`` re-initialises the heads whatever their
+  shape (new classes of the same count). Anything else that differs is an error."""
+  if head not in ("auto", "reset"):
+    raise UserError(f"init_from_head must be 'auto' or 'reset', got {head!r}")
   from deit_jax.convert import resample_pos_embed
   model, _ = checkpoint.load_trained_model(path, **{
       k: v for k, v in overrides.items() if k in ("dtype", "remat", "drop_rate",
@@ -204,12 +208,12 @@ def _init_from(state, path, overrides, state_sharding):
   reinitialised, resampled = [], []
 
   def fit(key_path, loaded, target):
-    if loaded.shape == target.shape:
-      return loaded
     name = jax.tree_util.keystr(key_path)
-    if key_path[0].key in _HEADS:
+    if key_path[0].key in _HEADS and (head == "reset" or loaded.shape != target.shape):
       reinitialised.append(name)
       return target
+    if loaded.shape == target.shape:
+      return loaded
     if name.endswith("['pos_embed']"):
       grid = int(round((target.shape[1] - model.config.num_prefix_tokens) ** 0.5))
       resampled.append(f"{loaded.shape[1]} -> {target.shape[1]} tokens")
@@ -220,8 +224,8 @@ def _init_from(state, path, overrides, state_sharding):
   params = jax.tree_util.tree_map_with_path(fit, params, state.params)
   _say(f"init_from {path}"
        + (f": re-initialised {', '.join(reinitialised)} (checkpoint predicts "
-          f"{model.config.num_classes} classes, this run {overrides['num_classes']})"
-          if reinitialised else "")
+          f"{model.config.num_classes} classes, this run {overrides['num_classes']}"
+          + (", init_from_head=reset)" if head == "reset" else ")") if reinitialised else "")
        + (f"; position embedding resampled {resampled[0]}" if resampled else ""))
   params = jax.device_put(params, state_sharding.params)
   # EMA starts from the same values in its own buffers (the step donates both).
