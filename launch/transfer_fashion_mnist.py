@@ -133,12 +133,15 @@ def _plot(work, sizes, groups, figure):
     return
   fig, ax = plt.subplots(figsize=(7, 4))
   width = 0.8 / len(INITS)
+  stats = {key: _stats(runs, "top1") for key, runs in groups.items() if runs}
   for i, init in enumerate(INITS):
-    stats = [_stats(groups[(init, n)], "top1") if groups[(init, n)] else (0, 0) for n in sizes]
-    ax.bar([j + i * width for j in range(len(sizes))], [s[0] for s in stats], width,
-           yerr=[s[1] for s in stats], capsize=3, label=init)
+    values = [stats.get((init, n), (0.0, 0.0)) for n in sizes]
+    bars = ax.bar([j + i * width for j in range(len(sizes))], [v[0] for v in values], width,
+                  yerr=[v[1] for v in values], capsize=3, label=init)
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+  low = min([v[0] for v in stats.values()] or [50.0])
   ax.set_xticks([j + width for j in range(len(sizes))], [f"{n} / class" for n in sizes])
-  ax.set(ylabel="downstream test top-1 (%)", ylim=(50, 100),
+  ax.set(ylabel="downstream test top-1 (%)", ylim=(max(0.0, low - 10), 100),
          title="Fashion-MNIST classes 5-9: pre-trained on 0-4 vs scratch")
   ax.legend()
   fig.tight_layout()
