@@ -18,6 +18,10 @@ def get_config():
   config.train_split = "train"
   config.eval_split = "validation"
   config.num_classes = 1000
+  # A subset of the data (transfer and few-label runs): class names or indices, comma
+  # separated ("" = all), relabelled 0..k-1 in that order; per_class > 0 keeps that many
+  # training examples of each (drawn with this seed); evaluation keeps the whole classes.
+  config.subset = ml_collections.ConfigDict(dict(classes="", per_class=0, seed=0))
 
   # A registry name (timm's) plus overrides of its config; the keys depend on the model.
   config.model = ml_collections.ConfigDict(dict(
@@ -34,6 +38,8 @@ def get_config():
   config.total_steps = 0              # > 0 overrides num_epochs
   config.grad_accum_steps = 1
   config.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw",                   # or "sgd" (Nesterov momentum, as timm's "sgd")
+      momentum=0.9,                   # sgd only
       lr=5e-4, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
       warmup_steps=-1,                # >= 0 overrides warmup_epochs
       warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5, grad_clip_norm=0.0))
@@ -50,6 +56,9 @@ def get_config():
   config.seed = 0
   config.ema_decay = 0.99996          # 0: no EMA
   config.init_from = ""               # fine-tuning: a workdir, checkpoint or model dir
+  # "auto": keep init_from's classifier head(s) when the class count fits, re-initialise
+  # otherwise; "reset": always re-initialise (other classes of the same count).
+  config.init_from_head = "auto"
   config.log_every_steps = 100
   config.eval_every_steps = 5000      # 0: at the end only; < 0: never
   config.checkpoint_every_steps = 1000

@@ -95,12 +95,14 @@ def build_model(name: str, overrides: dict[str, Any], *, seed: int = 0) -> Model
 def build_optimizer(model: Model, *, lr: float, total_steps: int, warmup_steps: int,
                     warmup_lr: float = 1e-6, min_lr: float = 1e-5, weight_decay: float = 0.05,
                     b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                    grad_clip_norm: float | None = None):
-  """(AdamW with DeiT's no-decay set, its warm-up + cosine schedule)."""
+                    grad_clip_norm: float | None = None, name: str = "adamw",
+                    momentum: float = 0.9):
+  """(the optimizer ``name`` with DeiT's no-decay set -- AdamW by default, or SGD --, its
+  warm-up + cosine schedule)."""
   schedule = optim.warmup_cosine(lr, total_steps, warmup_steps, warmup_lr, min_lr)
-  tx = optim.adamw(schedule, nnx.to_pure_dict(model.definition.params_template),
-                   weight_decay=weight_decay, b1=b1, b2=b2, eps=eps,
-                   grad_clip_norm=grad_clip_norm or None)
+  tx = optim.create(name, schedule, nnx.to_pure_dict(model.definition.params_template),
+                    weight_decay=weight_decay, b1=b1, b2=b2, eps=eps, momentum=momentum,
+                    grad_clip_norm=grad_clip_norm or None)
   return tx, schedule
 
 
@@ -119,7 +121,8 @@ def optimizer_from_config(config, model: Model, *, steps_per_epoch: int, total_s
   tx, schedule = build_optimizer(model, lr=base_lr, total_steps=total_steps,
                                  warmup_steps=warmup, warmup_lr=opt.warmup_lr,
                                  min_lr=opt.min_lr, weight_decay=opt.weight_decay, b1=opt.b1,
-                                 b2=opt.b2, eps=opt.eps, grad_clip_norm=opt.grad_clip_norm)
+                                 b2=opt.b2, eps=opt.eps, grad_clip_norm=opt.grad_clip_norm,
+                                 name=opt.name, momentum=opt.momentum)
   return tx, schedule, base_lr
 
 
@@ -148,14 +151,16 @@ def run_metadata(config, model: Model) -> dict:
 
 
 def initial_state(checkpoints: checkpoint.TrainCheckpoints, meta: dict, init,
-                  state_sharding, *, model: Model, init_from: str = ""):
+                  state_sharding, *, model: Model, init_from: str = "",
+                  init_from_head: str = "auto", log=print):
   """(state, start step): the latest checkpoint in the workdir, else ``init()`` (then
   parameters from ``init_from`` when given)."""
   latest = checkpoints.latest_step()
   if latest is None:
     state = init()
     if init_from:
-      state = _init_from(state, init_from, model.overrides, state_sharding)
+      state = _init_from(state, init_from, model.overrides, state_sharding, init_from_head,
+                         log)
     return state, 0
   # The order matters: check the checkpoint belongs to this run before anything else.
   checkpoints.check_compatible(latest, meta)
@@ -166,29 +171,47 @@ def initial_state(checkpoints: checkpoint.TrainCheckpoints, meta: dict, init,
   return state, int(data_state["step"])
 
 
-def _init_from(state, path, overrides, state_sharding):
-  """Fine-tuning start: parameters of a model directory (e.g. converted weights), a
-  training workdir or one of its checkpoints. A position embedding of another resolution
-  is resampled to this model's grid (bicubic, like the official fine-tuning code)."""
+_HEADS = ("head", "head_dist")  # classifier layers: re-initialised on a new class count
+
+
+def _init_from(state, path, overrides, state_sharding, head="auto", log=print):
+  """Fine-tuning start: parameters of a model directory (e.g. converted official/timm
+  weights), a training workdir or one of its checkpoints. Classifier heads of another class
+  count keep this run's fresh initialisation (both heads of a distilled model); a position
+  embedding of another resolution is resampled to this model's grid (bicubic, like the
+  official fine-tuning code). ``head="reset"`` re-initialises the heads whatever their
+  shape (new classes of the same count). Anything else that differs is an error."""
+  if head not in ("auto", "reset"):
+    raise ConfigError(f"init_from_head must be 'auto' or 'reset', got {head!r}")
   model, _ = checkpoint.load_trained_model(path, **{
       k: v for k, v in overrides.items() if k in ("dtype", "remat", "drop_rate",
                                                   "drop_path_rate", "attn_drop_rate")})
   params = nnx.to_pure_dict(ts.split_model(model)[1])
   if jax.tree.structure(params) != jax.tree.structure(state.params):
     raise UserError(f"init_from {path}: a {type(model).__name__} with other parameters than "
-                    "the configured model")
+                    "the configured model (e.g. distilled vs plain, or another depth)")
+  reinitialised, resampled = [], []
 
   def fit(key_path, loaded, target):
+    name = jax.tree_util.keystr(key_path)
+    if key_path[0].key in _HEADS and (head == "reset" or loaded.shape != target.shape):
+      reinitialised.append(name)
+      return target
     if loaded.shape == target.shape:
       return loaded
-    if jax.tree_util.keystr(key_path).endswith("['pos_embed']"):
+    if name.endswith("['pos_embed']"):
       grid = int(round((target.shape[1] - model.config.num_prefix_tokens) ** 0.5))
+      resampled.append(f"{loaded.shape[1]} -> {target.shape[1]} tokens")
       return resample_pos_embed(np.asarray(loaded), model.config.num_prefix_tokens, grid)
-    raise UserError(f"init_from {path}: {jax.tree_util.keystr(key_path)} has shape "
-                    f"{loaded.shape}, the configured model needs {target.shape} (convert "
-                    "with --num_classes to re-initialise the head)")
+    raise UserError(f"init_from {path}: {name} has shape {loaded.shape}, the configured "
+                    f"model needs {target.shape} (patch size, channels and widths must match)")
 
   params = jax.tree_util.tree_map_with_path(fit, params, state.params)
+  log(f"init_from {path}"
+      + (f": re-initialised {', '.join(reinitialised)} (checkpoint predicts "
+         f"{model.config.num_classes} classes, this run {overrides['num_classes']}"
+         + (", init_from_head=reset)" if head == "reset" else ")") if reinitialised else "")
+      + (f"; position embedding resampled {resampled[0]}" if resampled else ""))
   params = jax.device_put(params, state_sharding.params)
   # EMA starts from the same values in its own buffers (the step donates both).
   ema = jax.tree.map(lambda x: x.copy(), params) if state.ema else state.ema

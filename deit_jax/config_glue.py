@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 
 from deit_jax import checkpoint
-from deit_jax.data import pipeline, sources
+from deit_jax.data import pipeline, sources, subset
 from deit_jax.errors import UserError
 from deit_jax.teacher.feed import EVAL_KEYS, OnlineTeacher, PrecomputedTeacher, Teacher
 from deit_jax.teacher.store import TeacherLogits
@@ -25,10 +25,17 @@ def augment_config(config) -> pipeline.AugmentConfig:
 
 
 def open_split(config, split: str) -> sources.Source:
+  """``split`` of the config's dataset, narrowed to ``config.subset``: its classes on every
+  split, its ``per_class`` examples on the train split only (evaluation keeps every example
+  of the kept classes)."""
   source = sources.open_source(config.dataset, split, data_dir=config.data_dir,
                                manual_dir=config.manual_dir)
+  chosen = config.subset
+  source = subset.select(source, classes=subset.parse_classes(chosen.classes),
+                         per_class=chosen.per_class if split == config.train_split else 0,
+                         seed=chosen.seed)
   if source.num_classes != config.num_classes:
-    raise UserError(f"config.num_classes={config.num_classes} but {config.dataset} has "
+    raise UserError(f"config.num_classes={config.num_classes} but {source.name} has "
                     f"{source.num_classes} classes")
   return source
 

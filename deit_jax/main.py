@@ -83,7 +83,8 @@ def train(config, workdir: str) -> dict:
   checkpoints = checkpoint.TrainCheckpoints(workdir, every_steps=config.checkpoint_every_steps,
                                             keep=config.keep_checkpoints)
   state, start_step = builder.initial_state(checkpoints, meta, init, state_sharding,
-                                            model=model, init_from=config.init_from)
+                                            model=model, init_from=config.init_from,
+                                            init_from_head=config.init_from_head, log=say)
   if start_step:
     say(f"resumed from {checkpoints.directory} at step {start_step}")
 
