@@ -24,6 +24,16 @@ _ACCURACIES = ("top1", "top5", "top1_cls", "top1_dist")
 _AGREEMENTS = ("agreement", "agreement_cls", "agreement_dist")
 
 
+def head_logits(model, images):
+  """``(eval output, cls head, dist head)`` logits of a model in eval mode: a distilled
+  model's output is the average of its two heads; a plain model's one output is all three."""
+  if getattr(model.config, "distilled", False):
+    cls_logits, dist_logits = model(images, head="both")
+    return (cls_logits + dist_logits) / 2, cls_logits, dist_logits
+  logits = model(images)
+  return logits, logits, logits
+
+
 def make_eval_step(model_def) -> Callable:
   """``(params, rest, batch) -> sums`` over the masked batch (jit it with shardings).
 
@@ -35,11 +45,7 @@ def make_eval_step(model_def) -> Callable:
     model.eval()
     images, labels = batch["image"], batch["label"]
     mask = batch["mask"].astype(jnp.float32)
-    if getattr(model.config, "distilled", False):
-      cls_logits, dist_logits = model(images, head="both")
-      logits = (cls_logits + dist_logits) / 2
-    else:
-      logits = cls_logits = dist_logits = model(images)
+    logits, cls_logits, dist_logits = head_logits(model, images)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     hit = lambda lg: (jnp.argmax(lg, -1) == labels).astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -76,38 +82,61 @@ def evaluate(eval_step: Callable, params, rest, batches: Iterable[dict]) -> dict
   return result
 
 
+def load_for_eval(path: str, config, mesh, *, ema: bool = False):
+  """A trained model placed on ``mesh`` for evaluation, its class count checked against
+  the config: ``(model_def, (params, rest), (params_sharding, rest_sharding), info)``."""
+  from flax import nnx
+
+  from deit_jax import checkpoint, cli, train_step as ts
+  model, info = checkpoint.load_trained_model(path, ema=ema,
+                                              dtype=config.model.get("dtype", "float32"))
+  classes = getattr(model.config, "num_classes", None)
+  if classes != config.num_classes:
+    raise cli.UserError(f"{path} predicts {classes} classes, "
+                        f"config.num_classes is {config.num_classes}")
+  _, params, rest = ts.split_model(model)
+  shardings = ts.model_shardings(model, mesh)
+  state = jax.device_put((nnx.to_pure_dict(params), nnx.to_pure_dict(rest)), shardings)
+  info["distilled"] = bool(getattr(model.config, "distilled", False))
+  return ts.ModelDef.of(model), state, shardings, info
+
+
+def open_eval_logits(path: str, source):
+  """Stored per-image logits of the eval split (per-view logits are refused)."""
+  from deit_jax import cli
+  logits = cli.open_teacher_logits(path, source)
+  if logits.num_views:
+    raise cli.UserError(f"{path} holds per-view (crop-consistent) logits; an eval split "
+                        "needs per-image logits")
+  return logits
+
+
+def eval_batches(config, source, mesh, join: Callable):
+  """The padded, masked eval stream of ``source`` (every example once across hosts), each
+  host batch passed through ``join`` and placed on ``mesh``."""
+  from deit_jax import cli, sharding
+  from deit_jax.data import feeding, pipeline
+  host_sharding = pipeline.Sharding(config.batch_size, jax.process_index(), jax.process_count())
+  batches = pipeline.eval_dataset(source, cli.augment_config(config), host_sharding)
+  return feeding.prefetch_to_device(map(join, batches.as_numpy_iterator()),
+                                    sharding.batch_sharding(mesh))
+
+
 def run_cli(config) -> dict:
   import json
 
   from absl import flags
-  from flax import nnx
 
-  from deit_jax import checkpoint, cli, sharding, train_step as ts
-  from deit_jax.data import feeding, pipeline
+  from deit_jax import cli, sharding
 
   FLAGS = flags.FLAGS
-  model, info = checkpoint.load_trained_model(FLAGS.checkpoint, ema=FLAGS.ema,
-                                              dtype=config.model.get("dtype", "float32"))
-  classes = getattr(model.config, "num_classes", None)
-  if classes != config.num_classes:
-    raise cli.UserError(f"{FLAGS.checkpoint} predicts {classes} classes, "
-                        f"config.num_classes is {config.num_classes}")
   source = cli.open_split(config, FLAGS.split or config.eval_split)
-  teacher = cli.open_teacher_logits(FLAGS.teacher_logits, source) if FLAGS.teacher_logits \
-      else None
-  if teacher is not None and teacher.num_views:
-    raise cli.UserError(f"{FLAGS.teacher_logits} holds per-view (crop-consistent) logits; "
-                        "agreement needs per-image logits of the eval split")
+  teacher = open_eval_logits(FLAGS.teacher_logits, source) if FLAGS.teacher_logits else None
   mesh = sharding.make_mesh(config.mesh.to_dict())
-  model_def = ts.ModelDef.of(model)
-  _, params, rest = ts.split_model(model)
-  params_sharding, rest_sharding = ts.model_shardings(model, mesh)
-  params = jax.device_put(nnx.to_pure_dict(params), params_sharding)
-  rest = jax.device_put(nnx.to_pure_dict(rest), rest_sharding)
-  batch_sharding = sharding.batch_sharding(mesh)
+  model_def, (params, rest), shardings, info = load_for_eval(FLAGS.checkpoint, config, mesh,
+                                                             ema=FLAGS.ema)
   eval_step = jax.jit(make_eval_step(model_def),
-                      in_shardings=(params_sharding, rest_sharding, batch_sharding))
-  host_sharding = pipeline.Sharding(config.batch_size, jax.process_index(), jax.process_count())
+                      in_shardings=(*shardings, sharding.batch_sharding(mesh)))
 
   def join(batch):
     out = {"image": batch["image"], "label": batch["label"], "mask": batch["mask"]}
@@ -115,10 +144,7 @@ def run_cli(config) -> dict:
       out["teacher_logits"] = teacher.lookup(batch["id"])
     return out
 
-  batches = pipeline.eval_dataset(source, cli.augment_config(config), host_sharding)
-  result = evaluate(eval_step, params, rest,
-                    feeding.prefetch_to_device(map(join, batches.as_numpy_iterator()),
-                                               batch_sharding))
+  result = evaluate(eval_step, params, rest, eval_batches(config, source, mesh, join))
   result.update(model=info["name"], checkpoint=info["path"], step=info["step"],
                 dataset=source.name, split=source.split)
   cli.say(f"{info['name']} ({info['path']}" + (f", step {info['step']}" if info["step"]
