@@ -16,6 +16,16 @@ ACCURACIES = ("top1", "top5", "top1_cls", "top1_dist")
 AGREEMENTS = ("agreement", "agreement_cls", "agreement_dist")
 
 
+def head_logits(model, images):
+  """``(eval output, cls head, dist head)`` logits of a model in eval mode: a distilled
+  model's output is the average of its two heads; a plain model's one output is all three."""
+  if getattr(model.config, "distilled", False):
+    cls_logits, dist_logits = model(images, head="both")
+    return (cls_logits + dist_logits) / 2, cls_logits, dist_logits
+  logits = model(images)
+  return logits, logits, logits
+
+
 def make_eval_step(model_def) -> Callable:
   """``(params, rest, batch) -> sums`` over the masked batch (jit it with shardings).
 
@@ -27,11 +37,7 @@ def make_eval_step(model_def) -> Callable:
     model.eval()
     images, labels = batch["image"], batch["label"]
     mask = batch["mask"].astype(jnp.float32)
-    if getattr(model.config, "distilled", False):
-      cls_logits, dist_logits = model(images, head="both")
-      logits = (cls_logits + dist_logits) / 2
-    else:
-      logits = cls_logits = dist_logits = model(images)
+    logits, cls_logits, dist_logits = head_logits(model, images)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     hit = lambda lg: (jnp.argmax(lg, -1) == labels).astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

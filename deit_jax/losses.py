@@ -6,6 +6,10 @@ smoothed) labels, the distillation head gets the teacher term, and
 
     total = (1 - alpha) * base + alpha * distill       (``none``: total = base)
 
+A plain model (one logits array, no distillation token) gets both terms on its single
+class-token output, as in the DeiT paper's Table 3 rows "usual distillation" and "hard
+distillation" (arXiv 2012.12877; the official code refuses this combination).
+
 * soft: ``KL(softmax(t/T) || softmax(s_dist/T)) * T^2``, summed and divided by the number
   of logits B*C ("numel", the official code and the published recipe) or by B
   ("batchmean", the paper's per-sample formula).
@@ -114,10 +118,8 @@ def deit_loss_terms(outputs, targets: jax.Array, teacher_logits: jax.Array | Non
     return DeiTLossTerms(base, base, jnp.zeros((), jnp.float32))
   if distillation not in ("soft", "hard"):
     raise ValueError(f"distillation must be 'none', 'soft' or 'hard', got {distillation!r}")
-  if dist_logits is None:
-    raise ValueError(f"distillation={distillation!r} needs a distilled model's "
-                     "(cls_logits, dist_logits) outputs (model.train() on a *_distilled_* "
-                     "model), got a single logits array")
+  if dist_logits is None:  # class token only: the teacher term goes to the same output
+    dist_logits = cls_logits
   if teacher_logits is None:
     raise ValueError(f"distillation={distillation!r} needs teacher_logits")
   if distillation == "soft":
@@ -137,7 +139,8 @@ def deit_loss(outputs, targets: jax.Array, teacher_logits: jax.Array | None = No
 
   Args:
     outputs: a distilled model's ``(cls_logits, dist_logits)``, each (B, C), or the
-      logits (B, C) of a plain model (only with ``distillation="none"``).
+      logits (B, C) of a plain model, which then receive both the base and the teacher
+      term (class-token-only distillation).
     targets: int labels (B,) -- label-smoothed by ``label_smoothing`` -- or a (B, C)
       target distribution (mixup/cutmix with smoothing already folded in).
     teacher_logits: (B, C) teacher logits; for ``hard`` also (B,) int teacher labels.

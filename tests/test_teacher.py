@@ -122,8 +122,8 @@ def test_crop_consistent_views_replay_exactly(fmnist_data_dir, tmp_path):
   assert set(chosen) == {0, 1, 2}
 
 
-def _tiny_setup(distill="hard"):
-  model = create_model("deit_tiny_distilled_patch16_224", img_size=16, patch_size=8,
+def _tiny_setup(distill="hard", student="deit_tiny_distilled_patch16_224"):
+  model = create_model(student, img_size=16, patch_size=8,
                        in_chans=1, embed_dim=16, depth=1, num_heads=2, num_classes=10)
   teacher = create_model("cifar_resnet8", img_size=16, in_chans=1, num_classes=10, seed=4)
   tx = optax.adamw(1e-3)
@@ -132,8 +132,10 @@ def _tiny_setup(distill="hard"):
   return model, teacher, tx, state, loss_config
 
 
-def test_online_teacher_gets_no_gradient_and_matches_precomputed():
-  model, teacher, tx, state, loss_config = _tiny_setup()
+@pytest.mark.parametrize("student", ["deit_tiny_distilled_patch16_224",
+                                     "deit_tiny_patch16_224"])  # class token only
+def test_online_teacher_gets_no_gradient_and_matches_precomputed(student):
+  model, teacher, tx, state, loss_config = _tiny_setup(student=student)
   teacher.eval()
   images = jax.random.normal(jax.random.key(0), (8, 16, 16, 1))
   labels = jnp.arange(8) % 10
