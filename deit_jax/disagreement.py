@@ -172,7 +172,7 @@ def run_cli(config) -> dict:
                   for e in entries}}
   cli.say(format_table(names, matrix, f"{source.name}/{source.split}",
                        result["num_examples"]))
-  if FLAGS.out:
+  if FLAGS.out and jax.process_index() == 0:
     for path in write_outputs(FLAGS.out, result, FLAGS.plot):
       cli.say(f"wrote {path}")
   return result
