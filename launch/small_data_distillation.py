@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 
-from reproduce_fashion_mnist import _evaluate, _run, _stats
+from reproduce_fashion_mnist import _run, _stats
 
 PLAIN = "configs/fashion_mnist_deit_tiny.py"
 STUDENT = "configs/fashion_mnist_deit_tiny_distilled.py:full"
@@ -43,6 +45,22 @@ VARIANTS = {  # in the order they run
 }
 
 
+def evaluate_once(work, name, config, checkpoint, common, teacher_logits=None):
+  """``deit_jax.evaluate --json`` of ``checkpoint``, kept in <work>/results/<name>.json
+  (a result already there is returned, not recomputed)."""
+  out = os.path.join(work, "results", f"{name}.json")
+  if os.path.exists(out):
+    return json.load(open(out))
+  args = ["deit_jax.evaluate", f"--config={config}", f"--checkpoint={checkpoint}", "--json",
+          *common] + ([f"--teacher_logits={teacher_logits}"] if teacher_logits else [])
+  result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+  if result.returncode:
+    sys.exit(f"evaluation of {name} failed: {result.stderr[-500:]}")
+  value = json.loads(result.stdout.strip().splitlines()[-1])
+  json.dump(value, open(out, "w"), indent=2, sort_keys=True)
+  return value
+
+
 def run_all(work, seeds, only, per_class, steps, common):
   os.makedirs(os.path.join(work, "results"), exist_ok=True)
   log = os.path.join(work, "log.txt")
@@ -54,8 +72,8 @@ def run_all(work, seeds, only, per_class, steps, common):
   for split, extra in (("train", []), ("test", ["--split=test"]), ("views", ["--views=4"])):
     _run(["deit_jax.teacher", "precompute", f"--config={TEACHER}", f"--checkpoint={teacher}",
           f"--out={logits[split]}", "--storage=full", *extra, *data], log)
-  _evaluate(work, "teacher_cnn", TEACHER, teacher, data, logits["test"])
-  _evaluate(work, "teacher_cnn_train", TEACHER, teacher, [*data, "--split=train"])
+  evaluate_once(work, "teacher_cnn", TEACHER, teacher, data, logits["test"])
+  evaluate_once(work, "teacher_cnn_train", TEACHER, teacher, [*data, "--split=train"])
   # Both seeds of a variant before the next variant: a cut-off run still compares.
   for name, (config, overrides, source) in VARIANTS.items():
     for seed in seeds:
@@ -70,7 +88,7 @@ def run_all(work, seeds, only, per_class, steps, common):
         sets.append(f"--config.distill.teacher_logits={logits[source]}")
       print(f"{name} seed {seed}", flush=True)
       _run(["deit_jax.main", f"--config={config}", f"--workdir={run}", *sets, *data], log)
-      _evaluate(work, f"{name}_s{seed}", config, run, data, logits["test"])
+      evaluate_once(work, f"{name}_s{seed}", config, run, data, logits["test"])
 
 
 def report(work):

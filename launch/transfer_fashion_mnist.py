@@ -32,7 +32,8 @@ import os
 import shutil
 import sys
 
-from reproduce_fashion_mnist import _evaluate, _run, _stats
+from reproduce_fashion_mnist import _run, _stats
+from small_data_distillation import evaluate_once
 
 PLAIN = "configs/fashion_mnist_deit_tiny.py"
 DISTILLED = "configs/fashion_mnist_deit_tiny_distilled.py:full"
@@ -70,7 +71,7 @@ def run_all(work, seeds, sizes, pretrain_steps, steps, common):
   _run(["deit_jax.main", f"--config={DISTILLED}", f"--workdir={pretrained['distilled']}", *up,
         *budget, f"--config.distill.teacher_logits={up_logits}", *common], log)
   for name, config in (("up_plain", PLAIN), ("up_distilled", DISTILLED)):
-    _evaluate(work, name, config, os.path.join(work, name), [*up, *common])
+    evaluate_once(work, name, config, os.path.join(work, name), [*up, *common])
   for seed in seeds:
     for size in sizes:
       down = _classes(DOWNSTREAM, size, seed) + [f"--config.seed={seed}",
@@ -89,7 +90,7 @@ def run_all(work, seeds, sizes, pretrain_steps, steps, common):
           extra.append(f"--config.distill.teacher_logits={logits}")
         _run(["deit_jax.main", f"--config={config}", f"--workdir={os.path.join(work, run)}",
               *down, *extra, *common], log)
-        _evaluate(work, run, config, os.path.join(work, run), [*down, *common])
+        evaluate_once(work, run, config, os.path.join(work, run), [*down, *common])
 
 
 def report(work, figure=""):
