@@ -102,7 +102,7 @@ def parse_argv(define: Callable[[flags.FlagValues], None], argv: list[str], prog
   values = flags.FlagValues()
   define(values)
   if any(a in ("--help", "-h", "--helpfull") for a in argv):
-    print(f"usage: {prog} ...\n\n{values.main_module_help()}" + (f"\n\n{epilog}" if epilog
+    print(f"usage: {prog} ...\n\n{values.get_help()}" + (f"\n\n{epilog}" if epilog
                                                                    else ""))
     raise SystemExit(0)
   try:

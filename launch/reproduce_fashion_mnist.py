@@ -468,7 +468,7 @@ def main():
   parser.add_argument("--teacher_from", default="", help="workdir whose CNN teacher and "
                       "logits to reuse (default: train them in --workdir)")
   parser.add_argument("--figure", default="", help="also write the PNG here "
-                      "(the README's is docs/fashion_mnist.png)")
+                      "(docs/reproduction.md shows docs/fashion_mnist.png)")
   args = parser.parse_args()
   preset = PRESETS[args.preset]
   only = set(filter(None, (args.only or preset["only"]).split(",")))
