@@ -175,7 +175,7 @@ def test_cli_writes_checkpoint_that_restores(tmp_path, capsys):
   reference, path = _tiny_state_dict(tmp_path)
   out = tmp_path / "converted"
   args = [str(path), "--model", "deit_tiny_distilled_patch16_224", "--out", str(out),
-          "--num-classes", "10"]
+          "--num_classes", "10"]
   assert convert.main(args) == 0
   assert "wrote deit_tiny_distilled_patch16_224" in capsys.readouterr().out
   restored = checkpoint.load_model(out)
@@ -267,7 +267,7 @@ def test_regnet_cli_round_trip_keeps_batch_statistics(tmp_path, capsys):
                               path)
   out = tmp_path / "teacher"
   assert convert.main([str(path), "--model", "regnety_002", "--out", str(out),
-                       "--num-classes", "10", "--in-chans", "1"]) == 0
+                       "--num_classes", "10", "--in_chans", "1"]) == 0
   count = sum(p.numel() for p in reference.parameters())
   assert f"wrote regnety_002 ({count:,} parameters)" in capsys.readouterr().out
   model, _ = checkpoint.load_trained_model(out)
@@ -280,7 +280,7 @@ def test_regnet_cli_round_trip_keeps_batch_statistics(tmp_path, capsys):
     (["--model", "regnety_004"],
      r"stage \(width, blocks\) \[\(24, 1\), \(56, 1\), \(152, 4\), \(368, 7\)\] \(that is "
      r"regnety_002\); the model has \[\(48, 1\), \(104, 3\), \(208, 6\), \(440, 6\)\]"),
-    (["--model", "regnety_002", "--num-classes", "10"],
+    (["--model", "regnety_002", "--num_classes", "10"],
      "the weights have num_classes=1000, the model 10"),
     (["--model", "deit_tiny_patch16_224"], "missing keys .*unexpected keys"),
 ])

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from deit_jax.errors import ConfigError
 from deit_jax.models.convnet import (batch_norm, conv2d, positive_int_problems,
                                       teacher_config_problems)
 
@@ -86,7 +87,7 @@ class RegNetConfig:
       problems.append(f"se_ratio must be in [0, 1], got {self.se_ratio!r}")
     problems += teacher_config_problems(self, "RegNet")
     if problems:
-      raise ValueError("invalid RegNet config: " + "; ".join(problems))
+      raise ConfigError("invalid RegNet config: " + "; ".join(problems))
 
   @property
   def stages(self) -> list[tuple[int, int, int]]:

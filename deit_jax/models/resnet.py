@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from deit_jax.errors import ConfigError
 from deit_jax.models.convnet import (batch_norm, conv2d, positive_int_problems,
                                       teacher_config_problems)
 
@@ -47,7 +48,7 @@ class ResNetConfig:
       problems.append(f"depth must be 6n + 2 (8, 14, 20, 32, 44, 56, ...), got {self.depth}")
     problems += teacher_config_problems(self, "ResNet")
     if problems:
-      raise ValueError("invalid ResNet config: " + "; ".join(problems))
+      raise ConfigError("invalid ResNet config: " + "; ".join(problems))
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, c: ResNetConfig, rngs: nnx.Rngs):

@@ -1,7 +1,7 @@
 """Teacher precompute speed: our JAX teacher vs the timm PyTorch one, side by side.
 
-    python -m deit_jax.teacher.benchmark --model regnety_160 --batch-size 32 \
-        [--img-size 224] [--dtypes float32,bfloat16] [--rounds 3] [--batches 2]
+    python -m deit_jax.bench.teacher_precompute --model=regnety_160 --batch_size=32 \
+        [--img_size=224] [--dtypes=float32,bfloat16] [--rounds=3] [--batches=2] [--no_timm]
 
 Times the two ``logits_fn`` that ``python -m deit_jax.teacher precompute`` runs per batch
 (``--checkpoint`` -> ``precompute.jax_logits_fn``, batch split over the local devices;
@@ -13,11 +13,33 @@ is reported, so that load from other processes on a shared machine skews the rat
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 
+import jax
 import numpy as np
+from absl import flags
+
+from deit_jax import cli, torch_stack
+from deit_jax.errors import UserError
+from deit_jax.models import create_model
+from deit_jax.teacher.precompute import jax_logits_fn
+from deit_jax.teacher.torch_teacher import timm_logits_fn
+
+_PROG = "python -m deit_jax.bench.teacher_precompute"
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+  d = dict(flag_values=fv)
+  flags.DEFINE_string("model", "regnety_160", "registry name that timm also has", **d)
+  flags.DEFINE_integer("batch_size", 32, "images per batch", **d)
+  flags.DEFINE_integer("img_size", 224, "image side", **d)
+  flags.DEFINE_integer("num_classes", 1000, "classes of the teacher's head", **d)
+  flags.DEFINE_string("dtypes", "float32,bfloat16", "JAX compute dtypes to time", **d)
+  flags.DEFINE_integer("rounds", 3, "alternating timed rounds (the best of each is kept)", **d)
+  flags.DEFINE_integer("batches", 2, "batches per timed round", **d)
+  flags.DEFINE_bool("no_timm", False, "time the JAX teacher only", **d)
 
 
 def _best_rate(logits_fn, images: np.ndarray, batches: int) -> float:
@@ -28,22 +50,12 @@ def _best_rate(logits_fn, images: np.ndarray, batches: int) -> float:
 
 
 def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(prog="python -m deit_jax.teacher.benchmark",
-                              description=__doc__.split("\n")[0])
-  p.add_argument("--model", default="regnety_160", help="registry name that timm also has")
-  p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--img-size", type=int, default=224)
-  p.add_argument("--num-classes", type=int, default=1000)
-  p.add_argument("--dtypes", default="float32,bfloat16", help="JAX compute dtypes to time")
-  p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--batches", type=int, default=2, help="batches per timed round")
-  p.add_argument("--no-timm", action="store_true")
-  args = p.parse_args(argv)
-
-  import jax
-  from deit_jax.models import create_model
-  from deit_jax.teacher.precompute import jax_logits_fn
-
+  args, rest = cli.parse_argv(_define_flags, sys.argv[1:] if argv is None else argv, _PROG)
+  if rest:
+    raise UserError(f"unexpected arguments: {' '.join(rest)}")
+  if min(args.batch_size, args.img_size, args.num_classes, args.rounds, args.batches) < 1:
+    raise UserError("--batch_size, --img_size, --num_classes, --rounds and --batches must "
+                    "be >= 1")
   images = np.random.default_rng(0).standard_normal(
       (args.batch_size, args.img_size, args.img_size, 3), np.float32)
   fns = {}
@@ -52,7 +64,6 @@ def main(argv=None) -> dict:
     model.eval()
     fns[f"jax_{dtype}"] = jax_logits_fn(model, args.batch_size)
   if not args.no_timm:
-    from deit_jax.teacher.torch_teacher import timm_logits_fn
     fns["timm_float32"], _ = timm_logits_fn(args.model, None, num_classes=args.num_classes,
                                             in_chans=3, device="cpu")
   compile_s = {}
@@ -68,8 +79,7 @@ def main(argv=None) -> dict:
             "devices": f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}",
             "images_per_sec": rates, "first_call_s": compile_s}
   if "timm_float32" in rates:
-    import torch
-    result["torch_threads"] = torch.get_num_threads()
+    result["torch_threads"] = torch_stack.import_torch().get_num_threads()
     result["ratio_vs_timm_fp32"] = {k: v / rates["timm_float32"] for k, v in rates.items()
                                     if k.startswith("jax_")}
   for name, rate in rates.items():
@@ -79,5 +89,15 @@ def main(argv=None) -> dict:
   return result
 
 
+def run(argv=None) -> int:
+  """The CLI: 0, or 2 with one line ``error: ...`` on bad input."""
+  try:
+    main(argv)
+  except cli.USER_ERRORS as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(run())
