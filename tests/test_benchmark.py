@@ -299,3 +299,13 @@ def test_online_teacher_runs_in_the_train_step():
                     "--online_teacher", "regnety_160"])
   with pytest.raises(benchmark.BenchError, match="unknown model 'regnety_16'"):
     benchmark.main(["--model", MODEL, "--batch_size", "4", "--online_teacher", "regnety_16"])
+
+
+def test_teacher_precompute_benchmark_runs_and_refuses_bad_input():
+  from deit_jax.bench import teacher_precompute  # pylint: disable=import-outside-toplevel
+  result = teacher_precompute.main(["--model=regnety_002", "--batch_size=2", "--img_size=32",
+                                    "--num_classes=3", "--dtypes=float32", "--rounds=1",
+                                    "--batches=1", "--no_timm"])
+  assert set(result["images_per_sec"]) == {"jax_float32"}
+  assert result["images_per_sec"]["jax_float32"] > 0
+  assert teacher_precompute.run(["--rounds=0"]) == 2
