@@ -7,7 +7,7 @@ Accepts an official DeiT checkpoint (``{"model": state_dict, ...}``), a plain ti
 state_dict ``.pth`` or a ``.safetensors`` file. Pickles are read only with
 ``torch.load(weights_only=True)``; anything that needs arbitrary code to unpickle is refused.
 
-Key map (official and timm share keys), see REFERENCE.md section 1:
+Key map (official and timm share keys; ``deit_jax.export`` applies it in reverse):
 conv kernel (D,C,p,p) -> HWIO; Linear (out,in) -> (in,out); fused qkv rows [q; k; v] ->
 (D, 3, heads, head_dim); attn.proj -> (heads, head_dim, D); LayerNorm weight -> scale.
 A different resolution resamples the patch part of ``pos_embed`` exactly like the
@@ -89,11 +89,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # PyTorch's own message is a paragraph about weights_only; one sentence is enough.
     raise ConversionError(
-        f"refusing to load {path}: it is not a plain weights file and unpickling it could "
-        f"run arbitrary code ({first_line}). Only weights-only pickles or .safetensors "
-        "are accepted.") from e
+        f"refusing to load {path}: it holds Python objects besides tensors, and unpickling "
+        "them could run arbitrary code; if you trust the file, re-save its state dict as "
+        ".safetensors (or a plain torch.save of the tensors) and convert that") from None
   except (RuntimeError, EOFError, OSError) as e:
     raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
   return {k: _to_numpy(v) for k, v in _unwrap(obj, path).items() if hasattr(v, "shape")}
@@ -139,52 +139,97 @@ def resample_pos_embed(pos_embed: np.ndarray, num_prefix_tokens: int,
 # ---------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
+class Entry:
+  """One torch key: where it lives in the NNX model and how its layout differs.
+
+  ``to_ours`` turns the torch array into ours, ``to_torch`` is its inverse; import
+  (``apply_state_dict``) and export (``deit_jax.export``) read the same table.
+  """
   path: tuple[str | int, ...]                          # attribute path in the NNX model
-  transform: Callable[[np.ndarray], np.ndarray] = lambda w: w
+  to_ours: Callable[[np.ndarray], np.ndarray] = lambda w: w
+  to_torch: Callable[[np.ndarray], np.ndarray] = lambda w: w
 
 
-def _key_map(model: VisionTransformer) -> dict[str, _Entry]:
+def _linear(path) -> Entry:  # torch Linear (out, in) <-> (in, out)
+  return Entry(path, lambda w: w.T, lambda w: w.T)
+
+
+def _vit_key_map(model: VisionTransformer) -> dict[str, Entry]:
   cfg = model.config
   d, h, k = cfg.embed_dim, cfg.num_heads, cfg.head_dim
-  linear_t = lambda w: w.T
   entries = {
-      "cls_token": _Entry(("cls_token",)),
-      "pos_embed": _Entry(("pos_embed",)),
-      "patch_embed.proj.weight": _Entry(("patch_embed", "kernel"),
-                                        lambda w: w.transpose(2, 3, 1, 0)),
-      "patch_embed.proj.bias": _Entry(("patch_embed", "bias")),
-      "norm.weight": _Entry(("norm", "scale")),
-      "norm.bias": _Entry(("norm", "bias")),
-      "head.weight": _Entry(("head", "kernel"), linear_t),
-      "head.bias": _Entry(("head", "bias")),
+      "cls_token": Entry(("cls_token",)),
+      "pos_embed": Entry(("pos_embed",)),
+      "patch_embed.proj.weight": Entry(("patch_embed", "kernel"),  # (D,C,p,p) <-> HWIO
+                                       lambda w: w.transpose(2, 3, 1, 0),
+                                       lambda w: w.transpose(3, 2, 0, 1)),
+      "patch_embed.proj.bias": Entry(("patch_embed", "bias")),
+      "norm.weight": Entry(("norm", "scale")),
+      "norm.bias": Entry(("norm", "bias")),
+      "head.weight": _linear(("head", "kernel")),
+      "head.bias": Entry(("head", "bias")),
   }
   if cfg.distilled:
-    entries["dist_token"] = _Entry(("dist_token",))
-    entries["head_dist.weight"] = _Entry(("head_dist", "kernel"), linear_t)
-    entries["head_dist.bias"] = _Entry(("head_dist", "bias"))
+    entries["dist_token"] = Entry(("dist_token",))
+    entries["head_dist.weight"] = _linear(("head_dist", "kernel"))
+    entries["head_dist.bias"] = Entry(("head_dist", "bias"))
   for i in range(cfg.depth):
     p = f"blocks.{i}."
     blk = ("blocks", i)
     entries.update({
-        p + "norm1.weight": _Entry(blk + ("norm1", "scale")),
-        p + "norm1.bias": _Entry(blk + ("norm1", "bias")),
-        p + "attn.qkv.weight": _Entry(blk + ("attn", "qkv_kernel"),
-                                      lambda w: w.T.reshape(d, 3, h, k)),
-        p + "attn.proj.weight": _Entry(blk + ("attn", "proj_kernel"),
-                                       lambda w: w.T.reshape(h, k, d)),
-        p + "attn.proj.bias": _Entry(blk + ("attn", "proj_bias")),
-        p + "norm2.weight": _Entry(blk + ("norm2", "scale")),
-        p + "norm2.bias": _Entry(blk + ("norm2", "bias")),
-        p + "mlp.fc1.weight": _Entry(blk + ("mlp", "fc1", "kernel"), linear_t),
-        p + "mlp.fc1.bias": _Entry(blk + ("mlp", "fc1", "bias")),
-        p + "mlp.fc2.weight": _Entry(blk + ("mlp", "fc2", "kernel"), linear_t),
-        p + "mlp.fc2.bias": _Entry(blk + ("mlp", "fc2", "bias")),
+        p + "norm1.weight": Entry(blk + ("norm1", "scale")),
+        p + "norm1.bias": Entry(blk + ("norm1", "bias")),
+        # fused qkv rows [q; k; v] <-> (D, 3, heads, head_dim)
+        p + "attn.qkv.weight": Entry(blk + ("attn", "qkv_kernel"),
+                                     lambda w: w.T.reshape(d, 3, h, k),
+                                     lambda w: w.reshape(d, 3 * h * k).T),
+        p + "attn.proj.weight": Entry(blk + ("attn", "proj_kernel"),
+                                      lambda w: w.T.reshape(h, k, d),
+                                      lambda w: w.reshape(h * k, d).T),
+        p + "attn.proj.bias": Entry(blk + ("attn", "proj_bias")),
+        p + "norm2.weight": Entry(blk + ("norm2", "scale")),
+        p + "norm2.bias": Entry(blk + ("norm2", "bias")),
+        p + "mlp.fc1.weight": _linear(blk + ("mlp", "fc1", "kernel")),
+        p + "mlp.fc1.bias": Entry(blk + ("mlp", "fc1", "bias")),
+        p + "mlp.fc2.weight": _linear(blk + ("mlp", "fc2", "kernel")),
+        p + "mlp.fc2.bias": Entry(blk + ("mlp", "fc2", "bias")),
     })
     if cfg.qkv_bias:
-      entries[p + "attn.qkv.bias"] = _Entry(blk + ("attn", "qkv_bias"),
-                                            lambda w: w.reshape(3, h, k))
+      entries[p + "attn.qkv.bias"] = Entry(blk + ("attn", "qkv_bias"),
+                                           lambda w: w.reshape(3, h, k),
+                                           lambda w: w.reshape(3 * h * k))
   return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmFamily:
+  """How one model family maps onto timm: its key table and the config fields that
+  timm's constructor takes as keyword arguments (for export)."""
+  key_map: Callable[[Any], dict[str, Entry]]
+  timm_kwargs: tuple[str, ...]
+
+
+# Model class -> its timm mapping. A model family with timm weights adds one entry here;
+# import (apply_state_dict) and export (deit_jax.export) both follow it.
+FAMILIES: dict[type, TimmFamily] = {
+    VisionTransformer: TimmFamily(_vit_key_map, (
+        "num_classes", "img_size", "patch_size", "in_chans", "embed_dim", "depth",
+        "num_heads", "mlp_ratio", "qkv_bias")),
+}
+
+
+def timm_family(model) -> TimmFamily:
+  """The family of ``model``; ConversionError for one without a timm counterpart."""
+  for cls, family in FAMILIES.items():
+    if isinstance(model, cls):
+      return family
+  raise ConversionError(f"{type(model).__name__} models have no timm counterpart (families "
+                        f"with one: {', '.join(c.__name__ for c in FAMILIES)})")
+
+
+def key_map(model) -> dict[str, Entry]:
+  """{torch key: Entry} of ``model``."""
+  return timm_family(model).key_map(model)
 
 
 def _is_square_grid(pos_embed: np.ndarray, cfg) -> bool:
@@ -195,7 +240,7 @@ def _is_square_grid(pos_embed: np.ndarray, cfg) -> bool:
   return patches > 0 and int(round(np.sqrt(patches))) ** 2 == patches
 
 
-def _variable(model, path):
+def variable(model, path):
   node = model
   for part in path:
     node = node[part] if isinstance(part, int) else getattr(node, part)
@@ -207,10 +252,8 @@ def apply_state_dict(model: VisionTransformer, state_dict: dict[str, np.ndarray]
 
   Raises ConversionError listing every missing, unexpected and mismatched key at once.
   """
-  if not isinstance(model, VisionTransformer):
-    raise ConversionError(f"{type(model).__name__} models have no PyTorch key map")
+  entries = key_map(model)
   cfg = model.config
-  entries = _key_map(model)
   missing = sorted(set(entries) - set(state_dict))
   unexpected = sorted(set(state_dict) - set(entries))
   mismatched, notes, updates = [], [], {}
@@ -227,7 +270,7 @@ def apply_state_dict(model: VisionTransformer, state_dict: dict[str, np.ndarray]
     if key in missing or key in skip:
       continue
     value = np.asarray(state_dict[key], np.float32)
-    var = _variable(model, entry.path)
+    var = variable(model, entry.path)
     if key == "pos_embed" and value.shape != var.shape and _is_square_grid(value, cfg):
       old = value.shape[1] - cfg.num_prefix_tokens
       value = resample_pos_embed(value, cfg.num_prefix_tokens, cfg.grid_size)
@@ -235,7 +278,7 @@ def apply_state_dict(model: VisionTransformer, state_dict: dict[str, np.ndarray]
                    "(bicubic, prefix tokens kept)")
     else:
       try:
-        value = entry.transform(value)
+        value = entry.to_ours(value)
       except ValueError:
         pass  # a reshape that cannot apply is reported as a shape mismatch below
     if value.shape != var.shape:
@@ -255,7 +298,7 @@ def apply_state_dict(model: VisionTransformer, state_dict: dict[str, np.ndarray]
     raise ConversionError("checkpoint does not fit the model: " + " | ".join(parts))
 
   for path, value in updates.items():
-    var = _variable(model, path)
+    var = variable(model, path)
     var.set_value(jnp.asarray(value, var.dtype))
   for note in notes:
     logging.warning("%s", note)
