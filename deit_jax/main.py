@@ -188,12 +188,16 @@ def train(config, workdir: str) -> dict:
 
 def _init_from(state, path, overrides, state_sharding):
   """Fine-tuning start: parameters of a model directory (e.g. converted weights), a
-  training workdir or one of its checkpoints. A position embedding of another resolution
+  training workdir, one of its checkpoints or published weights by name. A position embedding of another resolution
   is resampled to this model's grid (bicubic, like the official fine-tuning code)."""
+  from deit_jax import pretrained
   from deit_jax.convert import resample_pos_embed
-  model, _ = checkpoint.load_trained_model(path, **{
-      k: v for k, v in overrides.items() if k in ("dtype", "remat", "drop_rate",
-                                                  "drop_path_rate", "attn_drop_rate")})
+  if pretrained.is_pretrained_name(path):  # published weights: heads and grid adapted here
+    model = pretrained.load(path, seed=0, **overrides)
+  else:
+    model, _ = checkpoint.load_trained_model(path, **{
+        k: v for k, v in overrides.items() if k in ("dtype", "remat", "drop_rate",
+                                                    "drop_path_rate", "attn_drop_rate")})
   params = nnx.to_pure_dict(ts.split_model(model)[1])
   if jax.tree.structure(params) != jax.tree.structure(state.params):
     raise UserError(f"init_from {path}: a {type(model).__name__} with other parameters than "

@@ -72,13 +72,17 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def create_model(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None,
-                 **overrides: Any) -> nnx.Module:
+                 pretrained: bool = False, **overrides: Any) -> nnx.Module:
   """Builds a registered model; ``overrides`` replace its architecture/numerics defaults.
 
   ``seed`` seeds the "params" stream and (seed + 1) the "dropout" stream; pass ``rngs``
-  to control both yourself.
+  to control both yourself. ``pretrained=True`` loads the official weights (downloaded
+  and converted once, see ``deit_jax.pretrained``).
   """
   factory, _, _ = _lookup(name)
+  if pretrained:
+    from deit_jax import pretrained as published  # weights files are not the models' concern
+    return published.load(name, seed=seed, **overrides)
   config = model_config(name, **overrides)
   if rngs is None:
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
