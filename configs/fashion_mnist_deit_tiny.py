@@ -58,4 +58,5 @@ def get_config():
   config.eval_every_steps = 600
   config.checkpoint_every_steps = 300
   config.keep_checkpoints = 3
+  config.best_metric = ""          # e.g. "eval_top1" or "eval_ema_top1": keep <workdir>/best
   return config

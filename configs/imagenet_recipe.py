@@ -59,4 +59,5 @@ def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
   config.eval_every_steps = 5000
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  config.best_metric = ""          # e.g. "eval_top1" or "eval_ema_top1": keep <workdir>/best
   return config

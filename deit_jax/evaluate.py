@@ -4,10 +4,11 @@ the eval split, student/teacher agreement per head -- over a padded, masked eval
 so that every example counts exactly once across hosts.
 
     python -m deit_jax.evaluate --config=configs/<file>.py --checkpoint=PATH \
-        [--teacher_logits=DIR] [--ema] [--split=test] [--json] [--config.key=value ...]
+        [--teacher_logits=DIR] [--ema | --best] [--split=test] [--json] [--config.key=value ...]
 
 PATH is a training workdir (its latest checkpoint), one orbax checkpoint step, or a model
-directory written by ``deit_jax.convert``; the architecture comes from the checkpoint,
+directory written by ``deit_jax.convert``; ``--best`` takes the workdir's best checkpoint
+(its weights are the EMA ones if the best metric was an EMA one); the architecture comes from the checkpoint,
 the data and eval transform from the config. ``--json`` prints one JSON object as the
 last line of stdout (accuracies and agreements in percent).
 """
@@ -86,7 +87,8 @@ def run_cli(config) -> dict:
   from deit_jax.data import feeding, pipeline
 
   FLAGS = flags.FLAGS
-  model, info = checkpoint.load_trained_model(FLAGS.checkpoint, ema=FLAGS.ema,
+  path = checkpoint.best_directory(FLAGS.checkpoint) if FLAGS.best else FLAGS.checkpoint
+  model, info = checkpoint.load_trained_model(path, ema=FLAGS.ema,
                                               dtype=config.model.get("dtype", "float32"))
   classes = getattr(model.config, "num_classes", None)
   if classes != config.num_classes:
@@ -145,6 +147,8 @@ if __name__ == "__main__":
                        "student/teacher agreement)")
   _flags.DEFINE_string("split", None, "split to evaluate (default: the config's eval_split)")
   _flags.DEFINE_bool("ema", False, "evaluate the checkpoint's EMA parameters")
+  _flags.DEFINE_bool("best", False, "evaluate the workdir's best checkpoint (kept when "
+                     "training with config.best_metric)")
   _flags.DEFINE_bool("json", False, "print one JSON object as the last line")
   _flags.mark_flag_as_required("checkpoint")
   _cli.run(run_cli)

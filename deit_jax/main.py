@@ -96,6 +96,13 @@ def train(config, workdir: str) -> dict:
   meta = {"model": name, "model_config": json.loads(json.dumps(overrides)),
           "num_classes": config.num_classes, "dataset": config.dataset}
 
+  best = None
+  if config.get("best_metric", ""):  # checked before any checkpoint is opened
+    allowed = checkpoint.best_metrics(config.ema_decay > 0)
+    if config.best_metric not in allowed or config.eval_every_steps < 0:
+      raise UserError(f"best_metric={config.best_metric!r} needs evaluation "
+                      f"(eval_every_steps >= 0) and one of {', '.join(allowed)}")
+    best = checkpoint.BestCheckpoint(workdir, config.best_metric)
   checkpoints = checkpoint.TrainCheckpoints(workdir, every_steps=config.checkpoint_every_steps,
                                             keep=config.keep_checkpoints)
   latest = checkpoints.latest_step()
@@ -129,12 +136,12 @@ def train(config, workdir: str) -> dict:
                       in_shardings=(state_sharding.params, state_sharding.rest,
                                     batch_sharding))
 
-  def run_eval():
+  def run_eval(params):
     batches = feeding.prefetch_to_device(
         pipeline.eval_dataset(eval_source, augment, pipeline.Sharding(
             config.batch_size, jax.process_index(), jax.process_count())).as_numpy_iterator(),
         batch_sharding)
-    return evaluate(eval_step, state.params, state.rest, batches)
+    return evaluate(eval_step, params, state.rest, batches)
 
   # ---------------------------------------------------------------- loop
   preempted = []
@@ -159,6 +166,8 @@ def train(config, workdir: str) -> dict:
       values = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(values["train_loss"]):
         checkpoints.close()
+        if best is not None:
+          best.close()
         raise UserError(f"loss is {values['train_loss']} at step {step}; stopped. The last "
                         f"checkpoint (step {checkpoints.latest_step()}) is kept")
       now = time.time()
@@ -172,16 +181,23 @@ def train(config, workdir: str) -> dict:
       window_start, window_steps = now, 0
     if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or (
         last and config.eval_every_steps >= 0):  # < 0: no evaluation at all
-      eval_metrics = {f"eval_{k}": v for k, v in run_eval().items()}
+      eval_metrics = {f"eval_{k}": v for k, v in run_eval(state.params).items()}
+      if config.ema_decay > 0:  # the EMA weights beside the raw ones
+        eval_metrics.update({f"eval_ema_{k}": v for k, v in run_eval(state.ema).items()
+                             if k != "num_examples"})
       writer.write(step, eval_metrics)
       _say(f"eval at step {step}: " + "  ".join(f"{k[5:]} {v:.4g}" for k, v in
                                                  eval_metrics.items()))
+      if best is not None and best.update(step, eval_metrics, state, meta):
+        _say(f"best {best.metric} so far ({best.value:.4g}): saved to {best.directory}")
     if saving:
       checkpoints.save(step, state, {"step": step}, meta, force=True)
     if stop:
       _say(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
       break
   checkpoints.close()
+  if best is not None:
+    best.close()
   writer.close()
   return eval_metrics
 

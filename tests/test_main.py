@@ -172,3 +172,34 @@ def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, straight, tmp
   assert result["num_examples"] == 10000
   assert abs(result["top1"] - trained["eval_top1"]) < 1e-6
   assert abs(result["loss"] - trained["eval_loss"]) < 1e-4
+
+
+def test_ema_metrics_and_best_checkpoint(fmnist_data_dir, tmp_path):
+  import json
+  workdir = tmp_path / "run"
+  flags = ["--config.total_steps=20", "--config.eval_every_steps=10", "--config.ema_decay=0.8",
+           "--config.best_metric=eval_ema_top1", "--config.checkpoint_every_steps=0"]
+  out = _run(workdir, fmnist_data_dir, *flags)
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  evals = {row["step"]: row for row in rows if "eval_top1" in row}
+  assert sorted(evals) == [10, 20]
+  assert all("eval_ema_top1" in row and "eval_ema_loss" in row for row in evals.values())
+  assert any(row["eval_ema_top1"] != row["eval_top1"] for row in evals.values())
+  best_step = max(evals, key=lambda s: (evals[s]["eval_ema_top1"], -s))  # first of equals
+  assert os.listdir(workdir / "best") == [str(best_step)]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["20"]  # the latest ones, as before
+  assert "best eval_ema_top1 so far" in out.stdout
+
+  result = subprocess.run([sys.executable, "-m", "deit_jax.evaluate",
+                           "--config=configs/fashion_mnist_deit_tiny.py", f"--checkpoint={workdir}",
+                           "--best", f"--config.data_dir={fmnist_data_dir}", "--json", *TINY],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  best = json.loads(result.stdout.strip().splitlines()[-1])
+  assert best["step"] == best_step
+  assert abs(best["top1"] - evals[best_step]["eval_ema_top1"]) < 1e-6
+
+  # A metric the run does not produce is one line, before anything is written.
+  bad = _run(tmp_path / "bad", fmnist_data_dir, "--config.best_metric=eval_top3", check=False)
+  assert bad.returncode == 2 and "eval_top3" in bad.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "bad" / "checkpoints").exists()
