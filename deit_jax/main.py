@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from deit_jax import checkpoint, cli, optim, sharding, train_step as ts
+from deit_jax import checkpoint, cli, health, optim, sharding, train_step as ts
 from deit_jax.cli import UserError, say as _say
 from deit_jax.data import feeding, mixup, pipeline
 from deit_jax.evaluate import evaluate, make_eval_step
@@ -150,15 +150,15 @@ def train(config, workdir: str) -> dict:
   train_iter = pipeline.TrainIterator(train_source, augment, host_sharding, seed=config.seed,
                                       start_step=start_step, views=teacher.views)
   batches = feeding.prefetch_to_device(map(teacher.join, train_iter), batch_sharding)
-  eval_metrics, window_start, window_steps = {}, time.time(), 0
+  eval_metrics = {}
+  timer = health.StepTimer(config.batch_size, abstract_model.config, list(mesh.devices.flat))
   if start_step >= total_steps:
     _say(f"{workdir} already holds the final step {start_step} of {total_steps}; nothing to do")
   else:
     _say(f"training steps {start_step + 1}..{total_steps} ({steps_per_epoch} per epoch), "
          f"global batch {config.batch_size}, lr {base_lr:.3g}")
   for step in range(start_step + 1, total_steps + 1):
-    state, metrics = train_step(state, next(batches), *teacher.step_args)
-    window_steps += 1
+    state, metrics = train_step(state, timer.next(batches), *teacher.step_args)
     last = step == total_steps
     stop = bool(preempted)  # read once: a signal between two reads must not skip the save
     saving = checkpoints.should_save(step) or last or stop
@@ -170,17 +170,17 @@ def train(config, workdir: str) -> dict:
           best.close()
         raise UserError(f"loss is {values['train_loss']} at step {step}; stopped. The last "
                         f"checkpoint (step {checkpoints.latest_step()}) is kept")
-      now = time.time()
-      rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
+      values.update(timer.window())  # step time, input wait, img/s, MFU
+      rate = values["images_per_sec"]
       eta = (total_steps - step) * config.batch_size / rate
-      values["images_per_sec"] = rate
       if step % config.log_every_steps == 0 or last:
         _say(f"step {step}/{total_steps}  loss {values['train_loss']:.4f}  "
-             f"lr {values['lr']:.3g}  {rate:.1f} img/s  ETA {_duration(eta)}")
+             f"lr {values['lr']:.3g}  {rate:.1f} img/s  {timer.describe(values)}  "
+             f"ETA {health.duration(eta)}")
         writer.write(step, values)
-      window_start, window_steps = now, 0
     if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or (
         last and config.eval_every_steps >= 0):  # < 0: no evaluation at all
+      eval_start = time.time()
       eval_metrics = {f"eval_{k}": v for k, v in run_eval(state.params).items()}
       if config.ema_decay > 0:  # the EMA weights beside the raw ones
         eval_metrics.update({f"eval_ema_{k}": v for k, v in run_eval(state.ema).items()
@@ -190,6 +190,7 @@ def train(config, workdir: str) -> dict:
                                                  eval_metrics.items()))
       if best is not None and best.update(step, eval_metrics, state, meta):
         _say(f"best {best.metric} so far ({best.value:.4g}): saved to {best.directory}")
+      timer.exclude(time.time() - eval_start)
     if saving:
       checkpoints.save(step, state, {"step": step}, meta, force=True)
     if stop:
@@ -199,13 +200,16 @@ def train(config, workdir: str) -> dict:
   if best is not None:
     best.close()
   writer.close()
+  if timer.steps:
+    _say(timer.summary())
   return eval_metrics
 
 
 def _init_from(state, path, overrides, state_sharding):
   """Fine-tuning start: parameters of a model directory (e.g. converted weights), a
-  training workdir, one of its checkpoints or published weights by name. A position embedding of another resolution
-  is resampled to this model's grid (bicubic, like the official fine-tuning code)."""
+  training workdir, one of its checkpoints or published weights by name. A position
+  embedding of another resolution is resampled to this model's grid (bicubic, like the
+  official fine-tuning code)."""
   from deit_jax import pretrained
   from deit_jax.convert import resample_pos_embed
   if pretrained.is_pretrained_name(path):  # published weights: heads and grid adapted here
@@ -234,12 +238,6 @@ def _init_from(state, path, overrides, state_sharding):
   # EMA starts from the same values in its own buffers (the step donates both).
   ema = jax.tree.map(lambda x: x.copy(), params) if state.ema else state.ema
   return state._replace(params=params, ema=ema)
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 if __name__ == "__main__":

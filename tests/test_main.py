@@ -49,8 +49,24 @@ def _assert_bitwise_equal(a, b):
 def straight(fmnist_data_dir, tmp_path_factory):
   """One uninterrupted 40-step run, shared by the tests that only read it."""
   workdir = tmp_path_factory.mktemp("straight") / "run"
-  _run(workdir, fmnist_data_dir)
+  out = _run(workdir, fmnist_data_dir)
+  (workdir.parent / "stdout.txt").write_text(out.stdout)
   return workdir
+
+
+def test_log_reports_run_health(straight):
+  import json
+  lines = (straight.parent / "stdout.txt").read_text().splitlines()
+  steps = [line for line in lines if line.startswith("step ")]
+  assert len(steps) == 4 and all("ms/step" in s and "input wait" in s and "MFU n/a (CPU)" in s
+                                 for s in steps)
+  summary = [line for line in lines if line.startswith("run summary:")]
+  assert len(summary) == 1 and "1,280 images seen" in summary[0], lines[-3:]
+  assert summary[0].endswith(("input-bound", "compute-bound"))
+  rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+  logged = [row for row in rows if "train_loss" in row]
+  assert all(row["step_time_s"] > 0 and 0 <= row["input_wait_frac"] <= 1 and "mfu" not in row
+             for row in logged)
 
 
 def test_resume_after_kill_is_bitwise_exact(fmnist_data_dir, straight, tmp_path):
