@@ -60,6 +60,11 @@ def train(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh.to_dict())
   _say(f"mesh {dict(mesh.shape)} over {jax.device_count()} device(s), "
        f"{jax.process_count()} process(es)")
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % shards:  # before any checkpoint is opened (a resume onto this layout)
+    raise UserError(f"global batch {config.batch_size} does not split over the {shards} batch "
+                    f"shards (data x fsdp) of mesh {dict(mesh.shape)}: use a batch size that "
+                    f"is a multiple of {shards} or another device count")
 
   # ---------------------------------------------------------------- input
   train_source = cli.open_split(config, config.train_split)
