@@ -88,7 +88,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                           "(or convert the file to .safetensors)") from e
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
+  except pickle.UnpicklingError:
     # PyTorch's own message is a paragraph about weights_only; one sentence is enough.
     raise ConversionError(
         f"refusing to load {path}: it holds Python objects besides tensors, and unpickling "

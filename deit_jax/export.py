@@ -45,7 +45,7 @@ def timm_kwargs(model, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
   num_classes always, the others where our config differs from the registry default."""
   family = convert.timm_family(model)
   default, ours = model_config(name), model_config(name, **overrides)
-  kwargs = {"num_classes": getattr(model.config, "num_classes")}
+  kwargs = {"num_classes": model.config.num_classes}
   for key in family.timm_kwargs:
     if key != "num_classes" and ours.get(key, default.get(key)) != default.get(key):
       kwargs[key] = ours[key]

@@ -12,7 +12,7 @@ without an analytic count. An online teacher's forward is not counted.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 # Dense bf16 TFLOP/s per chip, matched (in this order) on lower-cased device_kind.
 PEAK_BF16_TFLOPS = (("v5 lite", 197.0), ("v5e", 197.0), ("v6 lite", 918.0), ("v6e", 918.0),
