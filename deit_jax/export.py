@@ -1,6 +1,6 @@
 """Export one of our checkpoints as a timm state dict (the inverse of ``deit_jax.convert``).
 
-    python -m deit_jax.export CKPT --out model.safetensors [--ema] [--overwrite]
+    python -m deit_jax.export CKPT --out=model.safetensors [--ema] [--overwrite]
 
 CKPT is a training workdir (its latest checkpoint), one orbax step directory or a model
 directory; ``--ema`` takes a training checkpoint's EMA weights. The suffix of ``--out``
@@ -12,7 +12,8 @@ loadable with ``weights_only=True``). The command prints the exact timm call, e.
                               patch_size=4, in_chans=1, embed_dim=96, depth=6)
     model.load_state_dict(state_dict, strict=True)
 
-The key table is ``deit_jax.convert``'s, applied in reverse, so a model family gets
+The key table is ``deit_jax.convert``'s (``deit_jax.models.torch_weights``), applied
+in reverse, so a model family gets
 export by getting import. Families without a timm counterpart (the CIFAR ResNets) are
 refused with one line.
 """
@@ -21,29 +22,29 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import numpy as np
+from absl import flags, logging
 
-from deit_jax import convert
+from deit_jax import checkpoint, cli
+from deit_jax.errors import ConfigError, OutputExistsError, UserError
 from deit_jax.models import model_config
+from deit_jax.models.torch_weights import timm_family, to_state_dict
 
 _FORMATS = (".safetensors", ".pth", ".pt")
 
 
 def state_dict(model) -> dict[str, np.ndarray]:
   """``model``'s parameters under timm's keys and layouts (float32, C-contiguous)."""
-  out = {}
-  for key, entry in convert.key_map(model).items():
-    value = np.asarray(convert.variable(model, entry.path)[...], np.float32)
-    out[key] = np.array(entry.to_torch(value), order="C")  # a writable copy
-  return out
+  return to_state_dict(model)
 
 
 def timm_kwargs(model, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
   """Keyword arguments that make ``timm.create_model(name, **kwargs)`` this architecture:
   num_classes always, the others where our config differs from the registry default."""
-  family = convert.timm_family(model)
+  family = timm_family(model)
   default, ours = model_config(name), model_config(name, **overrides)
   kwargs = {"num_classes": model.config.num_classes}
   for key in family.timm_kwargs:
@@ -60,6 +61,7 @@ def timm_call(name: str, kwargs: dict[str, Any]) -> str:
 def write(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
   """Writes ``tensors`` atomically (temporary file, then rename) in the suffix's format."""
   tmp = f"{path}.tmp"
+  # safetensors and torch are optional (the [torch] extra): imported only when needed.
   if path.endswith(".safetensors"):
     from safetensors.numpy import save_file
     save_file(tensors, tmp, metadata=metadata)
@@ -73,15 +75,14 @@ def export(checkpoint_path: str, out: str, *, ema: bool = False,
            overwrite: bool = False) -> tuple[str, dict[str, Any]]:
   """Writes the checkpoint's weights to ``out``; returns (timm name, timm kwargs).
 
-  Raises ValueError (ConversionError) or FileExistsError before writing anything.
+  Raises a ``UserError`` (ConfigError, ConversionError, OutputExistsError...) before
+  writing anything.
   """
-  from deit_jax import checkpoint
-
   if not out.endswith(_FORMATS):
-    raise ValueError(f"--out {out}: the suffix picks the format, one of "
-                     f"{', '.join(_FORMATS)}")
+    raise ConfigError(f"--out {out}: the suffix picks the format, one of "
+                      f"{', '.join(_FORMATS)}")
   if os.path.exists(out) and not overwrite:
-    raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    raise OutputExistsError(f"{out} already exists (pass --overwrite to replace it)")
   model, info = checkpoint.load_trained_model(checkpoint_path, ema=ema)
   kwargs = timm_kwargs(model, info["name"], info["overrides"])  # refuses non-timm families
   tensors = state_dict(model)
@@ -92,29 +93,34 @@ def export(checkpoint_path: str, out: str, *, ema: bool = False,
   return info["name"], kwargs
 
 
-def main(argv) -> None:
-  from absl import flags, logging
+def _define_flags(values: flags.FlagValues) -> None:
+  d = dict(flag_values=values)
+  flags.DEFINE_string("out", None, "output file: .safetensors, .pth or .pt", **d)
+  flags.DEFINE_bool("ema", False, "export a training checkpoint's EMA weights", **d)
+  flags.DEFINE_bool("overwrite", False, "replace an existing --out", **d)
 
-  from deit_jax import cli
 
+def main(argv=None) -> int:
+  """``python -m deit_jax.export CKPT --out=FILE``: 0, or 2 with one line ``error: ...``
+  on bad input."""
+  argv = sys.argv[1:] if argv is None else argv
   logging.set_verbosity(logging.WARNING)  # no backend/orbax chatter around the one line
-  if len(argv) != 2:
-    cli.fail("usage: python -m deit_jax.export CKPT --out FILE.safetensors|FILE.pth [--ema]")
   try:
-    name, kwargs = export(argv[1], flags.FLAGS.out, ema=flags.FLAGS.ema,
-                          overwrite=flags.FLAGS.overwrite)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
-    cli.fail(str(e))
-  print(f"wrote {flags.FLAGS.out}; load it with\n"
+    values, positional = cli.parse_argv(_define_flags, argv, "python -m deit_jax.export")
+    if len(positional) != 1 or not values.out:
+      raise UserError("usage: python -m deit_jax.export CKPT "
+                      "--out=FILE.safetensors|FILE.pth [--ema] [--overwrite]")
+    name, kwargs = export(positional[0], values.out, ema=values.ema,
+                          overwrite=values.overwrite)
+  except cli.USER_ERRORS as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  print(f"wrote {values.out}; load it with\n"
         f"  model = {timm_call(name, kwargs)}\n"
         "  model.load_state_dict(state_dict, strict=True)")
+  return 0
 
 
 if __name__ == "__main__":
-  from absl import app, flags as _flags
-
-  _flags.DEFINE_string("out", None, "output file: .safetensors, .pth or .pt")
-  _flags.DEFINE_bool("ema", False, "export a training checkpoint's EMA weights")
-  _flags.DEFINE_bool("overwrite", False, "replace an existing --out")
-  _flags.mark_flag_as_required("out")
-  app.run(main)
+  logging.use_absl_handler()
+  sys.exit(main())

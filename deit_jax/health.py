@@ -4,7 +4,7 @@ utilisation (MFU), for the trainer's log lines and a one-line summary at the end
 MFU = model FLOPs per second / (peak x devices), with the analytic FLOPs of a DeiT
 (``analytic_forward_flops``, x3 for a training step: forward plus a backward twice as
 costly) and the chip's dense bf16 peak from ``PEAK_BF16_TFLOPS`` -- the convention of
-``deit_jax.benchmark``, which shares both. A CPU has no fixed peak (it is measured by the
+``deit_jax.bench.benchmark``, which shares both. A CPU has no fixed peak (it is measured by the
 benchmark, never assumed), so a CPU run reports "cpu" instead of an MFU; so does a model
 without an analytic count. An online teacher's forward is not counted.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+
+from deit_jax.models.vit import DeiTConfig
 
 # Dense bf16 TFLOP/s per chip, matched (in this order) on lower-cased device_kind.
 PEAK_BF16_TFLOPS = (("v5 lite", 197.0), ("v5e", 197.0), ("v6 lite", 918.0), ("v6e", 918.0),
@@ -27,7 +29,6 @@ def analytic_forward_flops(cfg) -> float | None:
   """Forward FLOPs (2 x MACs) per image of a DeiT: per block 2(4ND^2 + 2N*D*M + 2N^2 D)
   (= 2(12ND^2 + 2N^2 D) for mlp_ratio 4), N = patches + prefix tokens; plus the patch
   embedding and the head(s). None for other architectures."""
-  from deit_jax.models import DeiTConfig
   if not isinstance(cfg, DeiTConfig):
     return None
   d, n_p, m = cfg.embed_dim, cfg.num_patches, cfg.mlp_dim

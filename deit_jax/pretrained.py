@@ -1,5 +1,6 @@
 """Official DeiT weights by name: downloaded once, verified, converted once, reused.
 
+    from deit_jax import pretrained   # makes create_model(..., pretrained=True) available
     model = create_model("deit_small_patch16_224", pretrained=True)
     python -m deit_jax.main ... --config.init_from=deit_base_patch16_224   # fine-tune
 
@@ -29,6 +30,12 @@ from typing import Any
 
 from absl import logging
 
+from deit_jax import checkpoint
+from deit_jax.errors import PretrainedError
+from deit_jax.models import registry
+from deit_jax.models.torch_weights import (apply_state_dict, load_torch_checkpoint,
+                                           to_state_dict)
+
 _FB = "https://dl.fbaipublicfiles.com/deit/"
 
 # name -> (url, SHA-256 as published: the 8-digit prefix in the official file names)
@@ -50,10 +57,6 @@ WEIGHTS: dict[str, tuple[str, str]] = {
 }
 
 _CHUNK = 1 << 20
-
-
-class PretrainedError(ValueError):
-  """Weights that cannot be fetched or verified: reported as one line."""
 
 
 def cache_dir() -> str:
@@ -118,15 +121,13 @@ def download(name: str, timeout_s: float = 60.0) -> str:
 
 def model_dir(name: str) -> str:
   """The converted model directory of ``name`` (downloaded and converted on first use)."""
-  from deit_jax import checkpoint, convert
-
   out = os.path.join(cache_dir(), "models", name)
   if os.path.isfile(os.path.join(out, checkpoint.MODEL_METADATA)):
     return out
   weights = download(name)
   url, expected = _entry(name)
   _check(weights, url, expected)  # a file put there by hand is verified too
-  model = convert.load_torch_checkpoint(weights, name)
+  model = load_torch_checkpoint(weights, name)
   tmp = out + ".converting"
   checkpoint.save_model(tmp, model, name=name, overrides={}, source=url, overwrite=True)
   if os.path.exists(out):  # an interrupted earlier save (no metadata file)
@@ -141,15 +142,15 @@ def load(name: str, *, seed: int = 0, **overrides: Any):
   Another ``num_classes`` keeps freshly initialised heads (seeded by ``seed``); another
   ``img_size`` resamples the position embedding, as ``deit_jax.convert`` does.
   """
-  from deit_jax import checkpoint, convert, export
-  from deit_jax.models import create_model
-
   numerics = ("dtype", "param_dtype", "remat", "attn_impl", "drop_rate", "attn_drop_rate",
               "drop_path_rate")
   base = checkpoint.load_model(model_dir(name), **{k: v for k, v in overrides.items()
                                                    if k in numerics})
   if set(overrides) <= set(numerics):
     return base
-  model = create_model(name, seed=seed, **overrides)
-  convert.apply_state_dict(model, export.state_dict(base))
+  model = registry.create_model(name, seed=seed, **overrides)
+  apply_state_dict(model, to_state_dict(base))
   return model
+
+
+registry.set_pretrained_loader(load)

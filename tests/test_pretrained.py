@@ -3,7 +3,6 @@
 import functools
 import hashlib
 import http.server
-import os
 import threading
 
 import jax
@@ -153,7 +152,7 @@ def test_unknown_pretrained_name():
 
 
 def test_init_from_a_registry_name(server, tmp_path, monkeypatch):
-  from deit_jax import main, optim, sharding, train_step as ts
+  from deit_jax import builder, optim, sharding, train_step as ts
   srv, www = server
   payload, reference = _official_like_file()
   digest = hashlib.sha256(payload).hexdigest()
@@ -165,7 +164,7 @@ def test_init_from_a_registry_name(server, tmp_path, monkeypatch):
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   shardings = ts.state_shardings(model, tx, mesh)
   state = jax.device_put(ts.init_state(model, tx, seed=0), shardings)
-  state = main._init_from(state, NAME, overrides, shardings)
+  state = builder._init_from(state, NAME, overrides, shardings)
   np.testing.assert_array_equal(state.params["blocks"][3]["mlp"]["fc2"]["kernel"],
                                 reference.blocks[3].mlp.fc2.weight.detach().numpy().T)
   assert state.params["pos_embed"].shape == (1, 1 + 7 * 7, 192)  # resampled from 14x14

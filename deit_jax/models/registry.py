@@ -9,6 +9,8 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
+from deit_jax.errors import ConfigError
+
 from deit_jax.models.resnet import ResNet, ResNetConfig
 from deit_jax.models.vit import DeiTConfig, VisionTransformer
 
@@ -46,7 +48,7 @@ def _lookup(name: str):
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}{hint} (known: {', '.join(list_models())})")
+    raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(list_models())})")
   return _REGISTRY[name]
 
 
@@ -64,11 +66,23 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
   _, allowed, defaults = _lookup(name)
   unknown = sorted(set(overrides) - allowed)
   if unknown:
-    raise ValueError(f"unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; "
+    raise ConfigError(f"unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; "
                      f"valid keys: {', '.join(sorted(allowed))}")
   merged = dict(defaults)
   merged.update({k: _normalise(k, v) for k, v in overrides.items()})
   return merged
+
+
+# Published weights live a layer above the models (deit_jax.pretrained downloads them and
+# caches the converted model through deit_jax.checkpoint, which builds models from here);
+# that module registers its loader here when it is imported.
+_pretrained_loader: Callable[..., nnx.Module] | None = None
+
+
+def set_pretrained_loader(loader: Callable[..., nnx.Module]) -> None:
+  """``loader(name, seed=..., **overrides)`` serves ``create_model(..., pretrained=True)``."""
+  global _pretrained_loader
+  _pretrained_loader = loader
 
 
 def create_model(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None,
@@ -77,12 +91,14 @@ def create_model(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None,
 
   ``seed`` seeds the "params" stream and (seed + 1) the "dropout" stream; pass ``rngs``
   to control both yourself. ``pretrained=True`` loads the official weights (downloaded
-  and converted once, see ``deit_jax.pretrained``).
+  and converted once by ``deit_jax.pretrained``, which must have been imported).
   """
   factory, _, _ = _lookup(name)
   if pretrained:
-    from deit_jax import pretrained as published  # weights files are not the models' concern
-    return published.load(name, seed=seed, **overrides)
+    if _pretrained_loader is None:
+      raise ConfigError("create_model(pretrained=True) loads through deit_jax.pretrained: "
+                        "import it first (from deit_jax import pretrained)")
+    return _pretrained_loader(name, seed=seed, **overrides)
   config = model_config(name, **overrides)
   if rngs is None:
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
@@ -97,8 +113,8 @@ _DEIT_SIZES = {
 for _size, _img in [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]:
   for _distilled in (False, True):
     _name = f"deit_{_size}{'_distilled' if _distilled else ''}_patch16_{_img}"
-    register_model(_name, _vit_factory, DeiTConfig, patch_size=16, img_size=_img, distilled=_distilled,
-                   **_DEIT_SIZES[_size])
+    register_model(_name, _vit_factory, DeiTConfig, patch_size=16, img_size=_img,
+                   distilled=_distilled, **_DEIT_SIZES[_size])
 
 # Convnet teachers for small images (deit_jax.models.resnet); no timm counterpart.
 for _depth in (8, 14, 20, 32, 56):
