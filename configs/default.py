@@ -55,7 +55,7 @@ def get_config():
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.seed = 0
   config.ema_decay = 0.99996          # 0: no EMA
-  config.init_from = ""               # fine-tuning: a workdir, checkpoint or model dir
+  config.init_from = ""               # fine-tuning: a workdir, checkpoint, model dir or model name
   # "auto": keep init_from's classifier head(s) when the class count fits, re-initialise
   # otherwise; "reset": always re-initialise (other classes of the same count).
   config.init_from_head = "auto"
@@ -63,4 +63,5 @@ def get_config():
   config.eval_every_steps = 5000      # 0: at the end only; < 0: never
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  config.best_metric = ""             # e.g. "eval_top1" or "eval_ema_top1": keep <workdir>/best
   return config

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from deit_jax import checkpoint, optim, sharding, train_step as ts
+from deit_jax import checkpoint, optim, pretrained, sharding, train_step as ts
 from deit_jax.data import mixup
 from deit_jax.errors import ConfigError, UserError
 from deit_jax.eval_step import make_eval_step
@@ -173,16 +173,21 @@ _HEADS = ("head", "head_dist")  # classifier layers: re-initialised on a new cla
 
 def _init_from(state, path, overrides, state_sharding, head="auto", log=print):
   """Fine-tuning start: parameters of a model directory (e.g. converted official/timm
-  weights), a training workdir or one of its checkpoints. Classifier heads of another class
-  count keep this run's fresh initialisation (both heads of a distilled model); a position
-  embedding of another resolution is resampled to this model's grid (bicubic, like the
-  official fine-tuning code). ``head="reset"`` re-initialises the heads whatever their
-  shape (new classes of the same count). Anything else that differs is an error."""
+  weights), a training workdir, one of its checkpoints or published weights by name
+  (``deit_jax.pretrained``: downloaded, verified and converted once). Classifier heads of
+  another class count keep this run's fresh initialisation (both heads of a distilled
+  model); a position embedding of another resolution is resampled to this model's grid
+  (bicubic, like the official fine-tuning code). ``head="reset"`` re-initialises the heads
+  whatever their shape (new classes of the same count). Anything else that differs is an
+  error."""
   if head not in ("auto", "reset"):
     raise ConfigError(f"init_from_head must be 'auto' or 'reset', got {head!r}")
-  model, _ = checkpoint.load_trained_model(path, **{
-      k: v for k, v in overrides.items() if k in ("dtype", "remat", "drop_rate",
-                                                  "drop_path_rate", "attn_drop_rate")})
+  numerics = {k: v for k, v in overrides.items()
+              if k in ("dtype", "remat", "drop_rate", "drop_path_rate", "attn_drop_rate")}
+  if pretrained.is_pretrained_name(path):  # the published model; heads and grid fit below
+    model = pretrained.load(path, **numerics)
+  else:
+    model, _ = checkpoint.load_trained_model(path, **numerics)
   params = nnx.to_pure_dict(ts.split_model(model)[1])
   if jax.tree.structure(params) != jax.tree.structure(state.params):
     raise UserError(f"init_from {path}: a {type(model).__name__} with other parameters than "

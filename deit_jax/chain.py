@@ -53,6 +53,27 @@ def _overrides(pairs):
   return out
 
 
+_STAGE_TIMES: list[tuple[str, float]] = []
+
+
+def cpu_model() -> str:
+  """The CPU's model name and widest vector extension (speeds differ a lot between them)."""
+  name, flags = "unknown CPU", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and name == "unknown CPU":
+          name = value.strip()
+        elif key.strip() == "flags" and not flags:
+          flags = set(value.split())
+  except OSError:
+    import platform
+    name = platform.processor() or name
+  vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+  return f"{name}, {os.cpu_count()} cores" + (f", {vector}" if vector else "")
+
+
 def _step(number, total, title, args, json_out=None):
   """Runs ``python -m <args>``, streaming its output; returns its --json result if asked."""
   command = [sys.executable, "-m", *args]
@@ -75,7 +96,8 @@ def _step(number, total, title, args, json_out=None):
   if code != 0:
     print(f"chain: step {number} ({title}) failed with exit code {code}", file=sys.stderr)
     sys.exit(code)
-  print(f"    done in {time.time() - start:.0f} s", flush=True)
+  _STAGE_TIMES.append((title, time.time() - start))
+  print(f"    done in {_STAGE_TIMES[-1][1]:.0f} s", flush=True)
   return result
 
 
@@ -95,6 +117,7 @@ def main(argv):
   storage = [f"--storage={FLAGS.storage}", f"--k={FLAGS.k}",
              f"--batch_size={FLAGS.precompute_batch_size}"]
   start = time.time()
+  print(f"CPU: {cpu_model()}", flush=True)
 
   # Training runs skip their own final evaluation (-1): step 5 evaluates the student with
   # the teacher's eval-split logits, which also give the teacher's accuracy.
@@ -116,6 +139,8 @@ def main(argv):
                   os.path.join(work, "results", "student.json"))
   teacher = json.load(open(os.path.join(train_logits, "manifest.json")))["teacher"]
   print(table(teacher["name"], student, time.time() - start), flush=True)
+  print("\nstage times:\n" + "\n".join(f"  {seconds:6.0f} s  {title}"
+                                         for title, seconds in _STAGE_TIMES), flush=True)
 
 
 def table(teacher: str, student: dict, seconds: float) -> str:

@@ -183,6 +183,75 @@ class TrainCheckpoints:
     self._manager.close()
 
 
+EVAL_KEYS = ("top1", "top5", "top1_cls", "top1_dist", "loss")
+
+
+def best_metrics(ema: bool) -> tuple[str, ...]:
+  """Metric names ``best_metric`` may take (the EMA ones when the run keeps an EMA)."""
+  return tuple(f"eval_{p}{k}" for p in ("", "ema_")[:1 + ema] for k in EVAL_KEYS)
+
+
+class BestCheckpoint:
+  """<workdir>/best/<step>/{state, meta}: the weights with the best ``metric`` so far
+  (highest accuracy, lowest loss), the EMA weights for an ``eval_ema_*`` metric.
+
+  A directory of its own, apart from the training checkpoints, so their keep policy and
+  exact resume are untouched. orbax writes a new best completely before it removes the
+  previous one (max_to_keep=1), so a best checkpoint exists at every moment once one was
+  saved. The layout is a training step's (state["params"], state["rest"], meta), so
+  evaluation, export and ``init_from`` read it like any checkpoint.
+  """
+
+  def __init__(self, workdir, metric: str):
+    self.metric = metric
+    self.directory = _as_path(workdir) / "best"
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                             enable_async_checkpointing=True,
+                                             cleanup_tmp_directories=True),
+        item_names=("state", "meta"))
+    self.value, latest = None, self._manager.latest_step()
+    if latest is not None:  # a resumed run keeps competing with its earlier best
+      saved = self._manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      if saved["meta"].get("best_metric") == metric:
+        self.value = saved["meta"]["value"]
+
+  def _better(self, value: float) -> bool:
+    if self.value is None:
+      return True
+    return value < self.value if self.metric.endswith("loss") else value > self.value
+
+  def update(self, step: int, eval_metrics: dict, state, meta: dict) -> bool:
+    """Saves ``state``'s weights if ``eval_metrics[metric]`` beats the best so far."""
+    value = float(eval_metrics[self.metric])
+    if not self._better(value):
+      return False
+    ema = self.metric.startswith("eval_ema_")
+    self._manager.wait_until_finished()
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_keys_to_data(
+            {"params": state.ema if ema else state.params, "rest": state.rest})),
+        meta=ocp.args.JsonSave({**meta, "best_metric": self.metric, "value": value,
+                                "step": step, "weights": "ema" if ema else "raw"})),
+        force=True)
+    self.value = value
+    return True
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def best_directory(workdir) -> epath.Path:
+  """The best checkpoint of a training workdir; FileNotFoundError if it kept none."""
+  path = _as_path(workdir) / "best"
+  if not (path.is_dir() and _train_checkpoint_step(path)):
+    raise NotACheckpointError(f"{_as_path(workdir)} holds no best checkpoint (train with "
+                            "--config.best_metric=eval_top1 or eval_ema_top1 to keep one)")
+  return path
+
+
 # ---------------------------------------------------------------------------
 # Any saved model, for evaluation, teachers and fine-tuning
 # ---------------------------------------------------------------------------

@@ -59,6 +59,11 @@ class ConversionError(UserError, ValueError):
   """A weights file that cannot be imported into the requested model."""
 
 
+class PretrainedError(UserError, ValueError):
+  """Published weights that cannot be fetched or verified (unknown name, no network, bad
+  checksum)."""
+
+
 class BenchError(UserError):
   """Bad benchmark input."""
 

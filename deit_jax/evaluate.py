@@ -3,12 +3,14 @@ top-1 of each head, the loss and, given teacher logits of the split, student/tea
 agreement per head (``deit_jax.eval_step``).
 
     python -m deit_jax.evaluate --config=configs/<file>.py --checkpoint=PATH \
-        [--teacher_logits=DIR] [--ema] [--split=test] [--json] [--config.key=value ...]
+        [--teacher_logits=DIR] [--ema | --best] [--split=test] [--json] [--config.key=value ...]
 
 PATH is a training workdir (its latest checkpoint), one orbax checkpoint step, or a model
-directory written by ``deit_jax.convert``; the architecture comes from the checkpoint,
-the data and eval transform from the config. ``--json`` prints one JSON object as the
-last line of stdout (accuracies and agreements in percent).
+directory written by ``deit_jax.convert``; ``--best`` takes the workdir's best checkpoint
+(kept with ``config.best_metric``; EMA weights if that metric was an EMA one). The
+architecture comes from the checkpoint, the data and eval transform from the config.
+``--json`` prints one JSON object as the last line of stdout (accuracies and agreements in
+percent).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 
 from absl import flags
 
-from deit_jax import builder, cli, config_glue, sharding, train_step as ts
+from deit_jax import builder, checkpoint, cli, config_glue, sharding, train_step as ts
 from deit_jax.data import feeding
 from deit_jax.eval_step import ACCURACIES, AGREEMENTS, evaluate
 
@@ -25,7 +27,8 @@ FLAGS = flags.FLAGS
 
 
 def run_cli(config) -> dict:
-  model, info = config_glue.load_model_for(config, FLAGS.checkpoint, ema=FLAGS.ema,
+  path = checkpoint.best_directory(FLAGS.checkpoint) if FLAGS.best else FLAGS.checkpoint
+  model, info = config_glue.load_model_for(config, path, ema=FLAGS.ema,
                                            dtype=config.model.get("dtype", "float32"))
   source = config_glue.open_split(config, FLAGS.split or config.eval_split)
   teacher = config_glue.eval_teacher(FLAGS.teacher_logits, source)
@@ -56,6 +59,8 @@ def main() -> None:
   cli.define_checkpoint_flags(default_split="eval_split")
   flags.DEFINE_string("teacher_logits", None, "teacher logits of the eval split (for "
                       "student/teacher agreement)")
+  flags.DEFINE_bool("best", False, "evaluate the workdir's best checkpoint (kept when "
+                    "training with config.best_metric; EMA weights for an eval_ema_* metric)")
   flags.DEFINE_bool("json", False, "print one JSON object as the last line")
   flags.mark_flag_as_required("checkpoint")
   cli.run(run_cli)

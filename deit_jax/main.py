@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from deit_jax import builder, checkpoint, cli, config_glue, sharding
+from deit_jax import builder, checkpoint, cli, config_glue, health, sharding
 from deit_jax.cli import say
 from deit_jax.data import feeding, pipeline
 from deit_jax.errors import UserError
@@ -59,6 +59,11 @@ def train(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh.to_dict())
   say(f"mesh {dict(mesh.shape)} over {jax.device_count()} device(s), "
       f"{jax.process_count()} process(es)")
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % shards:  # before any checkpoint is opened (a resume onto this layout)
+    raise UserError(f"global batch {config.batch_size} does not split over the {shards} batch "
+                    f"shards (data x fsdp) of mesh {dict(mesh.shape)}: use a batch size that "
+                    f"is a multiple of {shards} or another device count")
 
   # ---------------------------------------------------------------- input
   train_source = config_glue.open_split(config, config.train_split)
@@ -80,6 +85,13 @@ def train(config, workdir: str) -> dict:
   state_sharding, init = builder.build_state(model, tx, mesh, seed=config.seed,
                                              ema=config.ema_decay > 0)
   meta = builder.run_metadata(config, model)
+  best = None
+  if config.best_metric:  # checked before any checkpoint is opened
+    allowed = checkpoint.best_metrics(config.ema_decay > 0)
+    if config.best_metric not in allowed or config.eval_every_steps < 0:
+      raise UserError(f"best_metric={config.best_metric!r} needs evaluation "
+                      f"(eval_every_steps >= 0) and one of {', '.join(allowed)}")
+    best = checkpoint.BestCheckpoint(workdir, config.best_metric)
   checkpoints = checkpoint.TrainCheckpoints(workdir, every_steps=config.checkpoint_every_steps,
                                             keep=config.keep_checkpoints)
   state, start_step = builder.initial_state(checkpoints, meta, init, state_sharding,
@@ -94,9 +106,9 @@ def train(config, workdir: str) -> dict:
   eval_step = builder.build_eval_step(model.definition, state_sharding.params,
                                       state_sharding.rest, mesh)
 
-  def run_eval():
+  def run_eval(params):
     batches = feeding.eval_batches(eval_source, augment, host, mesh, Teacher(EVAL_KEYS))
-    return evaluate(eval_step, state.params, state.rest, batches)
+    return evaluate(eval_step, params, state.rest, batches)
 
   # ---------------------------------------------------------------- loop
   preempted = []
@@ -104,15 +116,15 @@ def train(config, workdir: str) -> dict:
   writer = _Writer(workdir)
   batches = feeding.train_batches(train_source, augment, host, mesh, teacher, seed=config.seed,
                               start_step=start_step)
-  eval_metrics, window_start, window_steps = {}, time.time(), 0
+  eval_metrics = {}
+  timer = health.StepTimer(config.batch_size, model.config, list(mesh.devices.flat))
   if start_step >= total_steps:
     say(f"{workdir} already holds the final step {start_step} of {total_steps}; nothing to do")
   else:
     say(f"training steps {start_step + 1}..{total_steps} ({steps_per_epoch} per epoch), "
         f"global batch {config.batch_size}, lr {base_lr:.3g}")
   for step in range(start_step + 1, total_steps + 1):
-    state, metrics = train_step(state, next(batches))
-    window_steps += 1
+    state, metrics = train_step(state, timer.next(batches))
     last = step == total_steps
     stop = bool(preempted)  # read once: a signal between two reads must not skip the save
     saving = checkpoints.should_save(step) or last or stop
@@ -120,37 +132,43 @@ def train(config, workdir: str) -> dict:
       values = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(values["train_loss"]):
         checkpoints.close()
+        if best is not None:
+          best.close()
         raise UserError(f"loss is {values['train_loss']} at step {step}; stopped. The last "
                         f"checkpoint (step {checkpoints.latest_step()}) is kept")
-      now = time.time()
-      rate = window_steps * config.batch_size / max(now - window_start, 1e-9)
+      values.update(timer.window())  # step time, input wait, img/s, MFU
+      rate = values["images_per_sec"]
       eta = (total_steps - step) * config.batch_size / rate
-      values["images_per_sec"] = rate
       if step % config.log_every_steps == 0 or last:
         say(f"step {step}/{total_steps}  loss {values['train_loss']:.4f}  "
-            f"lr {values['lr']:.3g}  {rate:.1f} img/s  ETA {_duration(eta)}")
+            f"lr {values['lr']:.3g}  {rate:.1f} img/s  {timer.describe(values)}  "
+            f"ETA {health.duration(eta)}")
         writer.write(step, values)
-      window_start, window_steps = now, 0
     if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or (
         last and config.eval_every_steps >= 0):  # < 0: no evaluation at all
-      eval_metrics = {f"eval_{k}": v for k, v in run_eval().items()}
+      eval_start = time.time()
+      eval_metrics = {f"eval_{k}": v for k, v in run_eval(state.params).items()}
+      if config.ema_decay > 0:  # the EMA weights beside the raw ones
+        eval_metrics.update({f"eval_ema_{k}": v for k, v in run_eval(state.ema).items()
+                             if k != "num_examples"})
       writer.write(step, eval_metrics)
       say(f"eval at step {step}: " + "  ".join(f"{k[5:]} {v:.4g}" for k, v in
                                                 eval_metrics.items()))
+      if best is not None and best.update(step, eval_metrics, state, meta):
+        say(f"best {best.metric} so far ({best.value:.4g}): saved to {best.directory}")
+      timer.exclude(time.time() - eval_start)
     if saving:
       checkpoints.save(step, state, {"step": step}, meta, force=True)
     if stop:
       say(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
       break
   checkpoints.close()
+  if best is not None:
+    best.close()
   writer.close()
+  if timer.steps:
+    say(timer.summary())
   return eval_metrics
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def main() -> None:

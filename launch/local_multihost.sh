@@ -8,7 +8,8 @@
 #
 # Environment: DEIT_JAX_CPU_DEVICES (CPU devices per process, default 1), DEIT_JAX_PORT
 # (coordinator port, default random), PYTHON (default .venv/bin/python). Process 0 prints
-# to the terminal; process i>0 writes process_<i>.log in DEIT_JAX_LOG_DIR (default: .).
+# to the terminal; process i>0 writes process_<i>.log in DEIT_JAX_LOG_DIR (default: the
+# --workdir given, else the current directory).
 set -euo pipefail
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -21,7 +22,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-$root/.venv/bin/python}"
 port="${DEIT_JAX_PORT:-$((20000 + RANDOM % 20000))}"
 devices="${DEIT_JAX_CPU_DEVICES:-1}"
-log_dir="${DEIT_JAX_LOG_DIR:-.}"
+workdir=. previous=
+for arg in "$@"; do
+  case "$arg" in --workdir=*) workdir="${arg#--workdir=}" ;; esac
+  [[ "$previous" == --workdir ]] && workdir="$arg"
+  previous="$arg"
+done
+[[ "$workdir" == gs://* ]] && workdir=.  # logs stay local
+log_dir="${DEIT_JAX_LOG_DIR:-$workdir}"
+mkdir -p "$log_dir"
 
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; }

@@ -157,8 +157,12 @@ def test_malicious_pickle_is_refused(tmp_path):
     pickle.dump({"model": _Exploit(marker)}, f)
   torch.save({"model": {"x": torch.zeros(1)}, "payload": _Exploit(marker)}, tmp_path / "e2.pth")
   for p in (path, tmp_path / "e2.pth"):
-    with pytest.raises(convert.ConversionError, match="refusing to load"):
+    with pytest.raises(convert.ConversionError, match="refusing to load") as info:
       convert.read_state_dict(p)
+    # One short sentence (what, why, what to do), not PyTorch's paragraph.
+    message = str(info.value)
+    assert "arbitrary code" in message and ".safetensors" in message and "\n" not in message
+    assert len(message) - len(str(p)) < 250 and "weights_only" not in message
   assert not marker.exists()
 
 

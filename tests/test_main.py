@@ -51,8 +51,24 @@ def _assert_bitwise_equal(a, b):
 def straight(fmnist_data_dir, tmp_path_factory):
   """One uninterrupted 40-step run, shared by the tests that only read it."""
   workdir = tmp_path_factory.mktemp("straight") / "run"
-  _run(workdir, fmnist_data_dir)
+  out = _run(workdir, fmnist_data_dir)
+  (workdir.parent / "stdout.txt").write_text(out.stdout)
   return workdir
+
+
+def test_log_reports_run_health(straight):
+  import json
+  lines = (straight.parent / "stdout.txt").read_text().splitlines()
+  steps = [line for line in lines if line.startswith("step ")]
+  assert len(steps) == 4 and all("ms/step" in s and "input wait" in s and "MFU n/a (CPU)" in s
+                                 for s in steps)
+  summary = [line for line in lines if line.startswith("run summary:")]
+  assert len(summary) == 1 and "1,280 images seen" in summary[0], lines[-3:]
+  assert summary[0].endswith(("input-bound", "compute-bound"))
+  rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+  logged = [row for row in rows if "train_loss" in row]
+  assert all(row["step_time_s"] > 0 and 0 <= row["input_wait_frac"] <= 1 and "mfu" not in row
+             for row in logged)
 
 
 def test_resume_after_kill_is_bitwise_exact(fmnist_data_dir, straight, tmp_path):
@@ -217,3 +233,34 @@ def test_init_from_another_architecture_is_one_line(fmnist_data_dir, straight, t
              "--config.model.depth=2", check=False)
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(f"error: init_from {straight}")
+
+
+def test_ema_metrics_and_best_checkpoint(fmnist_data_dir, tmp_path):
+  import json
+  workdir = tmp_path / "run"
+  flags = ["--config.total_steps=20", "--config.eval_every_steps=10", "--config.ema_decay=0.8",
+           "--config.best_metric=eval_ema_top1", "--config.checkpoint_every_steps=0"]
+  out = _run(workdir, fmnist_data_dir, *flags)
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  evals = {row["step"]: row for row in rows if "eval_top1" in row}
+  assert sorted(evals) == [10, 20]
+  assert all("eval_ema_top1" in row and "eval_ema_loss" in row for row in evals.values())
+  assert any(row["eval_ema_top1"] != row["eval_top1"] for row in evals.values())
+  best_step = max(evals, key=lambda s: (evals[s]["eval_ema_top1"], -s))  # first of equals
+  assert os.listdir(workdir / "best") == [str(best_step)]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["20"]  # the latest ones, as before
+  assert "best eval_ema_top1 so far" in out.stdout
+
+  result = subprocess.run([sys.executable, "-m", "deit_jax.evaluate",
+                           "--config=configs/fashion_mnist_deit_tiny.py", f"--checkpoint={workdir}",
+                           "--best", f"--config.data_dir={fmnist_data_dir}", "--json", *TINY],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  best = json.loads(result.stdout.strip().splitlines()[-1])
+  assert best["step"] == best_step
+  assert abs(best["top1"] - evals[best_step]["eval_ema_top1"]) < 1e-6
+
+  # A metric the run does not produce is one line, before anything is written.
+  bad = _run(tmp_path / "bad", fmnist_data_dir, "--config.best_metric=eval_top3", check=False)
+  assert bad.returncode == 2 and "eval_top3" in bad.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "bad" / "checkpoints").exists()

@@ -47,13 +47,9 @@ from deit_jax.bench.options import Options, child_argv, parse_args
 from deit_jax.bench.vs_timm import jax_in_child, run_timm, time_steps
 from deit_jax.data import mixup
 from deit_jax.errors import BenchError, UserError
-from deit_jax.models import DeiTConfig, create_model, model_config
+from deit_jax.health import analytic_forward_flops, table_peak_tflops
+from deit_jax.models import create_model, model_config
 from deit_jax.teacher.feed import Teacher
-
-# Dense bf16 TFLOP/s per chip, matched (in this order) on lower-cased device_kind.
-PEAK_BF16_TFLOPS = (("v5 lite", 197.0), ("v5e", 197.0), ("v6 lite", 918.0), ("v6e", 918.0),
-                    ("v5p", 459.0), ("v5", 459.0), ("v4", 275.0), ("v3", 123.0),
-                    ("h200", 989.0), ("h100", 989.0), ("a100", 312.0))
 
 _JAX_RUNTIME_ERROR = getattr(jax.errors, "JaxRuntimeError", RuntimeError)  # XlaRuntimeError
 
@@ -69,20 +65,6 @@ def _key_values(items, what):
     except (ValueError, SyntaxError):
       out[key.strip()] = value.strip()
   return out
-
-
-def analytic_forward_flops(cfg) -> float | None:
-  """Forward FLOPs (2 x MACs) per image of a DeiT: per block 2(4ND^2 + 2N*D*M + 2N^2 D)
-  (= 2(12ND^2 + 2N^2 D) for mlp_ratio 4), N = patches + prefix tokens; plus the patch
-  embedding and the head(s). None for other architectures."""
-  if not isinstance(cfg, DeiTConfig):
-    return None
-  d, n_p, m = cfg.embed_dim, cfg.num_patches, cfg.mlp_dim
-  n = n_p + cfg.num_prefix_tokens
-  block = 2 * (4 * n * d * d + 2 * n * d * m + 2 * n * n * d)
-  patch = 2 * n_p * d * cfg.patch_size ** 2 * cfg.in_chans
-  heads = 2 * d * cfg.num_classes * (2 if cfg.distilled else 1)
-  return float(cfg.depth * block + patch + heads)
 
 
 def measure_cpu_peak_tflops(n: int = 2048, repeats: int = 5) -> float:
@@ -101,10 +83,9 @@ def measure_cpu_peak_tflops(n: int = 2048, repeats: int = 5) -> float:
 def peak_tflops(device, override: float | None) -> tuple[float, str]:
   if override is not None:
     return override, "--peak_tflops"
-  kind = device.device_kind.lower()
-  for key, value in PEAK_BF16_TFLOPS:
-    if key in kind:
-      return value, f"table ({device.device_kind}, dense bf16)"
+  value = table_peak_tflops(device)
+  if value is not None:
+    return value, f"table ({device.device_kind}, dense bf16)"
   if device.platform == "cpu":
     return measure_cpu_peak_tflops(), "measured (fp32 2048x2048 matmul)"
   raise BenchError(f"no peak TFLOP/s known for {device.device_kind!r}: pass --peak_tflops")

@@ -5,7 +5,8 @@ Accepts an official DeiT checkpoint (``{"model": state_dict, ...}``), a plain ti
 state_dict ``.pth`` or a ``.safetensors`` file. Pickles are read only with
 ``torch.load(weights_only=True)``; anything that needs arbitrary code to unpickle is refused.
 
-DeiT key map (official and timm share keys): conv kernel (D,C,p,p) -> HWIO; Linear
+DeiT key map (official and timm share keys; ``deit_jax.export`` applies every map in
+reverse): conv kernel (D,C,p,p) -> HWIO; Linear
 (out,in) -> (in,out); fused qkv rows [q; k; v] -> (D, 3, heads, head_dim); attn.proj ->
 (heads, head_dim, D); LayerNorm weight -> scale. A different resolution resamples the
 patch part of ``pos_embed`` exactly like the official fine-tuning code (torch bicubic,
@@ -110,64 +111,80 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
+class Entry:
+  """One torch key: where it lives in the NNX model and how its layout differs.
+
+  ``to_ours`` turns the torch array into ours, ``to_torch`` is its inverse; import
+  (``apply_state_dict``) and export (``deit_jax.export``) read the same table.
+  """
   path: tuple[str | int, ...]                          # attribute path in the NNX model
-  transform: Callable[[np.ndarray], np.ndarray] = lambda w: w
+  to_ours: Callable[[np.ndarray], np.ndarray] = lambda w: w
+  to_torch: Callable[[np.ndarray], np.ndarray] = lambda w: w
 
 
-def _key_map(model: VisionTransformer) -> dict[str, _Entry]:
+def _linear(path) -> Entry:  # torch Linear (out, in) <-> (in, out)
+  return Entry(path, lambda w: w.T, lambda w: w.T)
+
+
+def _vit_key_map(model: VisionTransformer) -> dict[str, Entry]:
   cfg = model.config
   d, h, k = cfg.embed_dim, cfg.num_heads, cfg.head_dim
-  linear_t = lambda w: w.T
   entries = {
-      "cls_token": _Entry(("cls_token",)),
-      "pos_embed": _Entry(("pos_embed",)),
-      "patch_embed.proj.weight": _Entry(("patch_embed", "kernel"),
-                                        lambda w: w.transpose(2, 3, 1, 0)),
-      "patch_embed.proj.bias": _Entry(("patch_embed", "bias")),
-      "norm.weight": _Entry(("norm", "scale")),
-      "norm.bias": _Entry(("norm", "bias")),
-      "head.weight": _Entry(("head", "kernel"), linear_t),
-      "head.bias": _Entry(("head", "bias")),
+      "cls_token": Entry(("cls_token",)),
+      "pos_embed": Entry(("pos_embed",)),
+      "patch_embed.proj.weight": Entry(("patch_embed", "kernel"),  # (D,C,p,p) <-> HWIO
+                                       lambda w: w.transpose(2, 3, 1, 0),
+                                       lambda w: w.transpose(3, 2, 0, 1)),
+      "patch_embed.proj.bias": Entry(("patch_embed", "bias")),
+      "norm.weight": Entry(("norm", "scale")),
+      "norm.bias": Entry(("norm", "bias")),
+      "head.weight": _linear(("head", "kernel")),
+      "head.bias": Entry(("head", "bias")),
   }
   if cfg.distilled:
-    entries["dist_token"] = _Entry(("dist_token",))
-    entries["head_dist.weight"] = _Entry(("head_dist", "kernel"), linear_t)
-    entries["head_dist.bias"] = _Entry(("head_dist", "bias"))
+    entries["dist_token"] = Entry(("dist_token",))
+    entries["head_dist.weight"] = _linear(("head_dist", "kernel"))
+    entries["head_dist.bias"] = Entry(("head_dist", "bias"))
   for i in range(cfg.depth):
     p = f"blocks.{i}."
     blk = ("blocks", i)
     entries.update({
-        p + "norm1.weight": _Entry(blk + ("norm1", "scale")),
-        p + "norm1.bias": _Entry(blk + ("norm1", "bias")),
-        p + "attn.qkv.weight": _Entry(blk + ("attn", "qkv_kernel"),
-                                      lambda w: w.T.reshape(d, 3, h, k)),
-        p + "attn.proj.weight": _Entry(blk + ("attn", "proj_kernel"),
-                                       lambda w: w.T.reshape(h, k, d)),
-        p + "attn.proj.bias": _Entry(blk + ("attn", "proj_bias")),
-        p + "norm2.weight": _Entry(blk + ("norm2", "scale")),
-        p + "norm2.bias": _Entry(blk + ("norm2", "bias")),
-        p + "mlp.fc1.weight": _Entry(blk + ("mlp", "fc1", "kernel"), linear_t),
-        p + "mlp.fc1.bias": _Entry(blk + ("mlp", "fc1", "bias")),
-        p + "mlp.fc2.weight": _Entry(blk + ("mlp", "fc2", "kernel"), linear_t),
-        p + "mlp.fc2.bias": _Entry(blk + ("mlp", "fc2", "bias")),
+        p + "norm1.weight": Entry(blk + ("norm1", "scale")),
+        p + "norm1.bias": Entry(blk + ("norm1", "bias")),
+        # fused qkv rows [q; k; v] <-> (D, 3, heads, head_dim)
+        p + "attn.qkv.weight": Entry(blk + ("attn", "qkv_kernel"),
+                                     lambda w: w.T.reshape(d, 3, h, k),
+                                     lambda w: w.reshape(d, 3 * h * k).T),
+        p + "attn.proj.weight": Entry(blk + ("attn", "proj_kernel"),
+                                      lambda w: w.T.reshape(h, k, d),
+                                      lambda w: w.reshape(h * k, d).T),
+        p + "attn.proj.bias": Entry(blk + ("attn", "proj_bias")),
+        p + "norm2.weight": Entry(blk + ("norm2", "scale")),
+        p + "norm2.bias": Entry(blk + ("norm2", "bias")),
+        p + "mlp.fc1.weight": _linear(blk + ("mlp", "fc1", "kernel")),
+        p + "mlp.fc1.bias": Entry(blk + ("mlp", "fc1", "bias")),
+        p + "mlp.fc2.weight": _linear(blk + ("mlp", "fc2", "kernel")),
+        p + "mlp.fc2.bias": Entry(blk + ("mlp", "fc2", "bias")),
     })
     if cfg.qkv_bias:
-      entries[p + "attn.qkv.bias"] = _Entry(blk + ("attn", "qkv_bias"),
-                                            lambda w: w.reshape(3, h, k))
+      entries[p + "attn.qkv.bias"] = Entry(blk + ("attn", "qkv_bias"),
+                                           lambda w: w.reshape(3, h, k),
+                                           lambda w: w.reshape(3 * h * k))
   return entries
 
 
-def _regnet_key_map(model: RegNet) -> dict[str, _Entry]:
+def _regnet_key_map(model: RegNet) -> dict[str, Entry]:
   hwio = lambda w: w.transpose(2, 3, 1, 0)
+  oihw = lambda w: w.transpose(3, 2, 0, 1)
   dense_1x1 = lambda w: w.reshape(w.shape[0], -1).T  # (out, in, 1, 1) -> (in, out)
+  conv_1x1 = lambda w: w.T[:, :, None, None]
   entries = {}
 
   def conv_norm(prefix: str, path: tuple) -> None:
-    entries[prefix + "conv.weight"] = _Entry(path + ("conv", "kernel"), hwio)
+    entries[prefix + "conv.weight"] = Entry(path + ("conv", "kernel"), hwio, oihw)
     for theirs, ours in (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
                          ("running_var", "var")):
-      entries[f"{prefix}bn.{theirs}"] = _Entry(path + ("bn", ours))
+      entries[f"{prefix}bn.{theirs}"] = Entry(path + ("bn", ours))
 
   conv_norm("stem.", ("stem",))
   for i, stage in enumerate(model.stages):
@@ -179,10 +196,11 @@ def _regnet_key_map(model: RegNet) -> dict[str, _Entry]:
         conv_norm(p + "downsample.", path + ("downsample",))
       if block.se is not None:
         for fc in ("fc1", "fc2"):
-          entries[f"{p}se.{fc}.weight"] = _Entry(path + ("se", fc, "kernel"), dense_1x1)
-          entries[f"{p}se.{fc}.bias"] = _Entry(path + ("se", fc, "bias"))
-  entries["head.fc.weight"] = _Entry(("head", "kernel"), lambda w: w.T)
-  entries["head.fc.bias"] = _Entry(("head", "bias"))
+          entries[f"{p}se.{fc}.weight"] = Entry(path + ("se", fc, "kernel"), dense_1x1,
+                                                conv_1x1)
+          entries[f"{p}se.{fc}.bias"] = Entry(path + ("se", fc, "bias"))
+  entries["head.fc.weight"] = _linear(("head", "kernel"))
+  entries["head.fc.bias"] = Entry(("head", "bias"))
   return entries
 
 
@@ -222,6 +240,50 @@ def _check_regnet(model: RegNet, state_dict: dict[str, np.ndarray]) -> None:
                             f"{getattr(cfg, key)} (pass {flag}={found[key]}, or other weights)")
 
 
+@dataclasses.dataclass(frozen=True)
+class TimmFamily:
+  """How one model family maps onto timm: its key table and the config fields that
+  timm's constructor takes as keyword arguments (for export)."""
+  key_map: Callable[[Any], dict[str, Entry]]
+  timm_kwargs: tuple[str, ...]
+
+
+# Model class -> its timm mapping. A model family with timm weights adds one entry here;
+# import (apply_state_dict) and export (deit_jax.export) both follow it.
+FAMILIES: dict[type, TimmFamily] = {
+    VisionTransformer: TimmFamily(_vit_key_map, (
+        "num_classes", "img_size", "patch_size", "in_chans", "embed_dim", "depth",
+        "num_heads", "mlp_ratio", "qkv_bias")),
+    RegNet: TimmFamily(_regnet_key_map, ("num_classes", "in_chans")),
+}
+
+
+def timm_family(model) -> TimmFamily:
+  """The family of ``model``; ConversionError for one without a timm counterpart."""
+  for cls, family in FAMILIES.items():
+    if isinstance(model, cls):
+      return family
+  raise ConversionError(f"{type(model).__name__} models have no timm counterpart (families "
+                        f"with one: {', '.join(c.__name__ for c in FAMILIES)})")
+
+
+def key_map(model) -> dict[str, Entry]:
+  """{torch key: Entry} of ``model``."""
+  return timm_family(model).key_map(model)
+
+
+def to_state_dict(model) -> dict[str, np.ndarray]:
+  """``model``'s parameters under timm's keys and layouts (float32, C-contiguous): the
+  key table run in reverse (``deit_jax.export`` writes it to a file)."""
+  out = {}
+  for key, entry in key_map(model).items():
+    value = np.asarray(variable(model, entry.path)[...], np.float32)
+    out[key] = np.array(entry.to_torch(value), order="C")  # a writable copy
+    if key.endswith("bn.running_var"):  # timm's BatchNorm also keeps an update counter
+      out[key.replace("running_var", "num_batches_tracked")] = np.zeros((), np.int64)
+  return out
+
+
 def _is_square_grid(pos_embed: np.ndarray, cfg) -> bool:
   """Whether ``pos_embed`` is (1, prefix + g*g, D) for this model's prefix and width."""
   if pos_embed.ndim != 3 or pos_embed.shape[0] != 1 or pos_embed.shape[2] != cfg.embed_dim:
@@ -230,7 +292,7 @@ def _is_square_grid(pos_embed: np.ndarray, cfg) -> bool:
   return patches > 0 and int(round(np.sqrt(patches))) ** 2 == patches
 
 
-def _variable(model, path):
+def variable(model, path):
   node = model
   for part in path:
     node = node[part] if isinstance(part, int) else getattr(node, part)
@@ -255,12 +317,12 @@ def _match(model, state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
   notes, skip = [], set()
   if isinstance(model, RegNet):
     _check_regnet(model, state_dict)
-    entries = _regnet_key_map(model)
+    entries = key_map(model)
     # BatchNorm's update counter has no use here (our momentum is fixed).
     state_dict = {k: v for k, v in state_dict.items()
                   if not k.endswith(".num_batches_tracked")}
   elif isinstance(model, VisionTransformer):
-    entries = _key_map(model)
+    entries = key_map(model)
     head_shape = state_dict.get("head.weight", np.zeros((0, 0))).shape
     if head_shape and head_shape[0] != cfg.num_classes and head_shape[1:] == (cfg.embed_dim,):
       notes.append(f"checkpoint heads have {head_shape[0]} classes, the model "
@@ -268,7 +330,7 @@ def _match(model, state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
                    "initialised ones")
       skip = set(_HEAD_KEYS)
   else:
-    raise ConversionError(f"{type(model).__name__} models have no PyTorch key map")
+    entries = key_map(model)  # ConversionError for a family without a timm counterpart
   missing = sorted(set(entries) - set(state_dict))
   unexpected = sorted(set(state_dict) - set(entries))
   mismatched, updates = [], {}
@@ -277,7 +339,7 @@ def _match(model, state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
     if key in missing or key in skip:
       continue
     value = np.asarray(state_dict[key], np.float32)
-    var = _variable(model, entry.path)
+    var = variable(model, entry.path)
     if key == "pos_embed" and value.shape != var.shape and _is_square_grid(value, cfg):
       old = value.shape[1] - cfg.num_prefix_tokens
       value = resample_pos_embed(value, cfg.num_prefix_tokens, cfg.grid_size)
@@ -285,7 +347,7 @@ def _match(model, state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
                    "(bicubic, prefix tokens kept)")
     else:
       try:
-        value = entry.transform(value)
+        value = entry.to_ours(value)
       except ValueError:
         pass  # a reshape that cannot apply is reported as a shape mismatch below
     if value.shape != var.shape:
@@ -308,7 +370,7 @@ def _match(model, state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
 
 def _assign(model, updates: dict, notes: list[str]) -> None:
   for path, value in updates.items():
-    var = _variable(model, path)
+    var = variable(model, path)
     var.set_value(jnp.asarray(value, var.dtype))
   for note in notes:
     logging.warning("%s", note)
