@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -54,24 +55,24 @@ class _Writer:
       self._tb.close()
 
 
-def train(config, workdir: str) -> dict:
-  """Runs (or resumes) training; returns the last eval metrics."""
-  # ---------------------------------------------------------------- mesh
-  mesh = sharding.make_mesh(config.mesh.to_dict())
-  _say(f"mesh {dict(mesh.shape)} over {jax.device_count()} device(s), "
-       f"{jax.process_count()} process(es)")
+class RunSteps(NamedTuple):
+  """What ``build_steps`` makes of a config: the jitted functions the trainer runs."""
+  name: str
+  overrides: dict
+  model_def: ts.ModelDef
+  base_lr: float
+  state_sharding: ts.TrainState
+  batch_sharding: jax.sharding.NamedSharding
+  init: Callable         # () -> TrainState, jitted onto state_sharding
+  train_step: Callable   # jitted (state, batch[, teacher]) -> (state, metrics), state donated
+  eval_step: Callable    # jitted (params, rest, batch) -> sums
 
-  # ---------------------------------------------------------------- input
-  train_source = cli.open_split(config, config.train_split)
-  eval_source = cli.open_split(config, config.eval_split)
-  augment = cli.augment_config(config)
-  teacher = TeacherFeed(config, train_source, augment, mesh)  # validated before any compute
-  host_sharding = pipeline.Sharding(config.batch_size, jax.process_index(), jax.process_count())
-  steps_per_epoch = pipeline.steps_per_epoch(train_source.num_examples, config.batch_size)
-  total_steps = (config.total_steps if config.total_steps > 0
-                 else int(round(config.num_epochs * steps_per_epoch)))
 
-  # ---------------------------------------------------------------- model, optimizer
+def build_steps(config, mesh, steps_per_epoch: int, total_steps: int, teacher) -> RunSteps:
+  """Model, optimizer and schedule, state shardings and the jitted train/eval steps of a
+  config on ``mesh``. ``teacher`` is a ``TeacherFeed`` (or anything with its
+  ``model_def``, ``batch_keys`` and ``sharding``). Nothing here touches data or devices'
+  memory, so ``deit_jax.bench.pod_compile`` builds the very same steps for a TPU topology."""
   name, overrides = config.model.name, cli.model_overrides(config)
   make_model = lambda: create_model(name, seed=config.seed, **overrides)
   abstract_model = nnx.eval_shape(make_model)
@@ -89,10 +90,48 @@ def train(config, workdir: str) -> dict:
                    weight_decay=opt.weight_decay, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                    grad_clip_norm=opt.grad_clip_norm or None)
 
-  # ---------------------------------------------------------------- shardings, state
   state_sharding = ts.state_shardings(abstract_model, tx, mesh, ema=config.ema_decay > 0)
   init = jax.jit(lambda: ts.init_state(make_model(), tx, config.seed, config.ema_decay > 0),
                  out_shardings=state_sharding)
+  mixup_config = mixup.MixupConfig(**config.mixup.to_dict())
+  loss_config = ts.LossConfig(config.num_classes, config.distill.type, config.distill.alpha,
+                              config.distill.tau, config.distill.kl_reduction,
+                              config.mixup.label_smoothing)
+  step_fn = ts.make_train_step(model_def, tx, schedule, loss_config, mixup_config,
+                               ema_decay=config.ema_decay,
+                               grad_accum_steps=config.grad_accum_steps,
+                               mixup_groups=1, teacher_def=teacher.model_def)
+  train_step = ts.jit_train_step(step_fn, state_sharding, mesh, teacher.batch_keys,
+                                 teacher.sharding)
+  batch_sharding = sharding.batch_sharding(mesh)
+  eval_step = jax.jit(make_eval_step(model_def),
+                      in_shardings=(state_sharding.params, state_sharding.rest,
+                                    batch_sharding))
+  return RunSteps(name, overrides, model_def, base_lr, state_sharding, batch_sharding, init,
+                  train_step, eval_step)
+
+
+def train(config, workdir: str) -> dict:
+  """Runs (or resumes) training; returns the last eval metrics."""
+  # ---------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  _say(f"mesh {dict(mesh.shape)} over {jax.device_count()} device(s), "
+       f"{jax.process_count()} process(es)")
+
+  # ---------------------------------------------------------------- input
+  train_source = cli.open_split(config, config.train_split)
+  eval_source = cli.open_split(config, config.eval_split)
+  augment = cli.augment_config(config)
+  teacher = TeacherFeed(config, train_source, augment, mesh)  # validated before any compute
+  host_sharding = pipeline.Sharding(config.batch_size, jax.process_index(), jax.process_count())
+  steps_per_epoch = pipeline.steps_per_epoch(train_source.num_examples, config.batch_size)
+  total_steps = (config.total_steps if config.total_steps > 0
+                 else int(round(config.num_epochs * steps_per_epoch)))
+
+  # ---------------------------------------------------------------- model, optimizer, steps
+  run = build_steps(config, mesh, steps_per_epoch, total_steps, teacher)
+  name, overrides, state_sharding, init = run.name, run.overrides, run.state_sharding, run.init
+  train_step, eval_step, batch_sharding = run.train_step, run.eval_step, run.batch_sharding
   meta = {"model": name, "model_config": json.loads(json.dumps(overrides)),
           "num_classes": config.num_classes, "dataset": config.dataset}
 
@@ -113,22 +152,6 @@ def train(config, workdir: str) -> dict:
     if config.init_from:
       state = _init_from(state, config.init_from, overrides, state_sharding)
 
-  # ---------------------------------------------------------------- steps
-  mixup_config = mixup.MixupConfig(**config.mixup.to_dict())
-  loss_config = ts.LossConfig(config.num_classes, config.distill.type, config.distill.alpha,
-                              config.distill.tau, config.distill.kl_reduction,
-                              config.mixup.label_smoothing)
-  step_fn = ts.make_train_step(model_def, tx, schedule, loss_config, mixup_config,
-                               ema_decay=config.ema_decay,
-                               grad_accum_steps=config.grad_accum_steps,
-                               mixup_groups=1, teacher_def=teacher.model_def)
-  train_step = ts.jit_train_step(step_fn, state_sharding, mesh, teacher.batch_keys,
-                                 teacher.sharding)
-  batch_sharding = sharding.batch_sharding(mesh)
-  eval_step = jax.jit(make_eval_step(model_def),
-                      in_shardings=(state_sharding.params, state_sharding.rest,
-                                    batch_sharding))
-
   def run_eval():
     batches = feeding.prefetch_to_device(
         pipeline.eval_dataset(eval_source, augment, pipeline.Sharding(
@@ -148,7 +171,7 @@ def train(config, workdir: str) -> dict:
     _say(f"{workdir} already holds the final step {start_step} of {total_steps}; nothing to do")
   else:
     _say(f"training steps {start_step + 1}..{total_steps} ({steps_per_epoch} per epoch), "
-         f"global batch {config.batch_size}, lr {base_lr:.3g}")
+         f"global batch {config.batch_size}, lr {run.base_lr:.3g}")
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = train_step(state, next(batches), *teacher.step_args)
     window_steps += 1

@@ -1,0 +1,1 @@
+"""Benchmarks and compile checks: scripts that print figures (not timed tests)."""
