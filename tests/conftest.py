@@ -3,7 +3,12 @@
 import importlib
 import os
 
-import jax
+# The tests compute on the CPU. With libtpu installed (the tpu extra), JAX would otherwise
+# try to open a TPU in every process and print libtpu's complaints on stderr, which tests
+# of one-line errors read (the TPU compile check compiles for TPUs without opening one).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
