@@ -104,6 +104,7 @@ ENTRY %main (a: f32[4,8], b: bf16[16]) -> (f32[8,4], bf16[16], f32[2]) {
   %all-gather-start = (bf16[16]{0}, bf16[64]{0}) all-gather-start(%b), dimensions={0}
   %all-gather-done = bf16[64]{0} all-gather-done(%all-gather-start)
   %copy-start = (f32[2]{0}, f32[2]{0:S(1)}, u32[]) copy-start(%a)
+  %cc = f32[64]{0} custom-call(%a, %a), custom_call_target="ConcatBitcast"
   ROOT %t = (f32[8,4]{1,0}, bf16[16]{0}) tuple(%fusion, %all-reduce)
 }
 """
@@ -113,4 +114,4 @@ ENTRY %main (a: f32[4,8], b: bf16[16]) -> (f32[8,4], bf16[16], f32[2]) {
   # a fusion whose root is a transpose is a layout kernel, as is a copy outside fusions
   assert stats["transposes"] == 1 and stats["transposes_bytes"] == 128
   assert stats["copies"] == 1 and stats["copies_bytes"] == 128
-  assert stats["async_copies"] == 1
+  assert stats["async_copies"] == 1 and stats["custom_calls"] == {"ConcatBitcast": 1}

@@ -24,6 +24,7 @@ _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?(\S+) = (" + _PAREN + r"|\S+) ([a-z]
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(\S+) .*\{\s*$")
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 
 
 def shape_bytes(shape: str) -> float:
@@ -63,7 +64,8 @@ def _moved_bytes(opcode: str, shape: str) -> float:
 
 def analyze(hlo_text: str) -> dict:
   """{"collectives": {kind: {"count", "bytes"}}, "copies", "transposes" (with their
-  result "_bytes"), "async_copies", "kernels"} of one optimized module."""
+  result "_bytes"), "async_copies", "kernels", "custom_calls": {target: count}} of one
+  optimized module."""
   computations: dict[str, list[tuple[str, str, str, bool]]] = {}
   current = None
   for line in hlo_text.splitlines():
@@ -82,7 +84,7 @@ def analyze(hlo_text: str) -> dict:
   roots = {name: next((op for op, _, _, root in body if root), None)
            for name, body in computations.items()}
   collectives = collections.defaultdict(lambda: {"count": 0, "bytes": 0.0})
-  counts = collections.Counter()
+  counts, custom_calls = collections.Counter(), collections.Counter()
   for name, body in computations.items():
     if name in fused:
       continue
@@ -95,6 +97,8 @@ def analyze(hlo_text: str) -> dict:
         collectives[kind]["bytes"] += _moved_bytes(opcode, shape)
       elif opcode == "copy-start":
         counts["async_copies"] += 1
+      elif opcode == "custom-call":
+        custom_calls.update(_TARGET.findall(line)[:1])
       elif opcode in LAYOUT_OPS:
         counts[LAYOUT_OPS[opcode]] += 1
         counts[LAYOUT_OPS[opcode] + "_bytes"] += shape_bytes(shape)
@@ -106,4 +110,5 @@ def analyze(hlo_text: str) -> dict:
   return {"collectives": {k: dict(v) for k, v in sorted(collectives.items())},
           **{k: counts[k] for k in ("copies", "copies_bytes", "transposes",
                                     "transposes_bytes")},
-          "async_copies": counts["async_copies"], "kernels": counts["kernels"]}
+          "async_copies": counts["async_copies"], "kernels": counts["kernels"],
+          "custom_calls": dict(sorted(custom_calls.items()))}
