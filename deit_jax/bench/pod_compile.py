@@ -155,12 +155,18 @@ def _teacher_model(spec: str, config):
   from flax import nnx
 
   from deit_jax import checkpoint
-  from deit_jax.models import create_model, list_models
+  from deit_jax.models import create_model, list_models, model_config
   dtype = config.distill.get("teacher_dtype", "bfloat16")
-  if spec in list_models():
-    return nnx.eval_shape(lambda: create_model(spec, num_classes=config.num_classes,
-                                               dtype=dtype))
-  return checkpoint.load_trained_model(spec, dtype=dtype)[0]
+  if spec not in list_models():
+    return checkpoint.load_trained_model(spec, dtype=dtype)[0]
+  settings = dict(num_classes=config.num_classes, dtype=dtype)
+  data = dict(img_size=config.aug.image_size, in_chans=config.aug.in_chans)
+  try:  # the run's input geometry, where the architecture takes it
+    model_config(spec, **settings, **data)
+    settings.update(data)
+  except ValueError:
+    pass
+  return nnx.eval_shape(lambda: create_model(spec, **settings))
 
 
 def _forward_flops(model_config):
@@ -256,8 +262,9 @@ def _compile(jitted, args, topology: Topology, batch: int, analytic_per_image,
   memory["of_arguments_state"] = mem.argument_size_in_bytes - memory["of_arguments_batch"]
   # One compile's guess at the largest per-chip batch: all temporaries taken to grow with
   # the batch (some do not, so the real largest batch is at least this).
-  per_image = (memory["temporaries"] + memory["of_arguments_batch"]) / (batch / topology.chips)
-  fixed = total - memory["temporaries"] - memory["of_arguments_batch"]
+  image_bytes = (memory["temporaries"] + memory["of_arguments_batch"]) / (
+      batch / topology.chips)
+  fixed_bytes = total - memory["temporaries"] - memory["of_arguments_batch"]
   chip = topology.chip
   flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   optimal = float(cost.get("optimal_seconds", -1.0))
@@ -287,7 +294,7 @@ def _compile(jitted, args, topology: Topology, batch: int, analytic_per_image,
       "analytic_flops_per_image": per_image,
       "xla_bytes_accessed": accessed, "xla_optimal_seconds": optimal,
       "estimated_step_s": step_s, "roofline_step_s": roofline,
-      "one_compile_largest_per_chip_batch": (chip.hbm_gib * GIB - fixed) / per_image,
+      "one_compile_largest_per_chip_batch": (chip.hbm_gib * GIB - fixed_bytes) / image_bytes,
       "estimate_source": source,
       "estimated_images_per_s": batch / step_s if step_s > 0 else None,
       "estimated_mfu": model_flops / (step_s * chip.peak_tflops * 1e12 * topology.chips)
