@@ -260,11 +260,6 @@ def _compile(jitted, args, topology: Topology, batch: int, analytic_per_image,
   total = sum(memory.values())
   memory["of_arguments_batch"] = _shard_bytes(inputs)
   memory["of_arguments_state"] = mem.argument_size_in_bytes - memory["of_arguments_batch"]
-  # One compile's guess at the largest per-chip batch: all temporaries taken to grow with
-  # the batch (some do not, so the real largest batch is at least this).
-  image_bytes = (memory["temporaries"] + memory["of_arguments_batch"]) / (
-      batch / topology.chips)
-  fixed_bytes = total - memory["temporaries"] - memory["of_arguments_batch"]
   chip = topology.chip
   flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   optimal = float(cost.get("optimal_seconds", -1.0))
@@ -294,7 +289,6 @@ def _compile(jitted, args, topology: Topology, batch: int, analytic_per_image,
       "analytic_flops_per_image": per_image,
       "xla_bytes_accessed": accessed, "xla_optimal_seconds": optimal,
       "estimated_step_s": step_s, "roofline_step_s": roofline,
-      "one_compile_largest_per_chip_batch": (chip.hbm_gib * GIB - fixed_bytes) / image_bytes,
       "estimate_source": source,
       "estimated_images_per_s": batch / step_s if step_s > 0 else None,
       "estimated_mfu": model_flops / (step_s * chip.peak_tflops * 1e12 * topology.chips)

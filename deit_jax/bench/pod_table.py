@@ -31,6 +31,14 @@ def load_config(path: str):
   return module.get_config()
 
 
+def one_compile_largest_batch(train: dict, per_chip: float) -> float:
+  """The largest per-chip batch if every temporary grew with the batch (some do not, so
+  the real one is at least this): capacity less the fixed bytes, over the bytes per image."""
+  m = train["memory_bytes"]
+  varying = m["temporaries"] + m["of_arguments_batch"]
+  return (train["capacity_bytes"] - (m["total"] - varying)) / (varying / per_chip)
+
+
 def _cell(r: dict | None) -> list[str]:
   if r is None:
     return ["..."] * 6
@@ -44,10 +52,11 @@ def _cell(r: dict | None) -> list[str]:
   if largest:
     fmt = lambda k: str(largest[k]) if k in largest else "-"
     batches = f"{fmt(False)} / {fmt(True)}"
-  else:  # no search: the one-compile guess for the configured remat setting
-    guess = train.get("one_compile_largest_per_chip_batch")
-    batches = f"≈{guess:.0f} ({'remat' if r['remat'] else 'no remat'}, one compile)" \
-        if guess else "-"
+  elif "memory_bytes" in train:  # no search: one compile's guess, configured remat
+    batches = (f"≈{one_compile_largest_batch(train, r['batch_size'] / r['chips']):.0f} "
+               f"({'remat' if r['remat'] else 'no remat'}, one compile)")
+  else:
+    batches = "-"
   step = train.get("estimated_step_s")
   return [f"{r['batch_size']} ({r['batch_size'] // r['chips']})", memory, batches,
           f"{1e3 * step:.0f} ms" if step else "-",
