@@ -8,7 +8,7 @@ Commands:
         --config.distill.teacher_logits=gs://BUCKET/teacher_logits/regnety160_384
     # from the official weights instead:
     python -m deit_jax.convert deit_base_distilled_patch16_224-df68dfff.pth \
-        --model deit_base_distilled_patch16_384 --img-size 384 --out ckpt/deit_b_384
+        --model=deit_base_distilled_patch16_384 --img_size=384 --out=ckpt/deit_b_384
     ... --config.init_from=ckpt/deit_b_384
 
 ``init_from`` is a training workdir, an orbax step or a converted model directory; a
@@ -19,6 +19,8 @@ Expected runtime: ~3 h on a TPU v4-32 (estimate: 30 epochs at 384, ~3.2x the FLO
 """
 
 from configs import imagenet_recipe
+
+VARIANTS = imagenet_recipe.VARIANTS
 
 
 def get_config(variant: str = "hard"):

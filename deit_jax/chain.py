@@ -1,7 +1,7 @@
 """The distillation chain end to end: train a teacher, precompute its logits, train a
 DeiT student with hard distillation from them, evaluate both, print the comparison.
 
-    python -m deit_jax.chain --workdir=workdirs/fashion_mnist        # the README's job
+    python -m deit_jax.chain --workdir=workdirs/fashion_mnist        # the README's main job
 
 Every step is the project's own command line (``deit_jax.main``, ``deit_jax.teacher
 precompute``, ``deit_jax.evaluate``), run as a subprocess with its progress shown, so the
@@ -24,21 +24,24 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "directory for every run of the chain")
-flags.DEFINE_string("teacher_config", "configs/fashion_mnist_resnet_teacher.py",
-                    "teacher training config")
-flags.DEFINE_string("student_config", "configs/fashion_mnist_deit_tiny_distilled.py",
-                    "student training config (distill.type soft or hard)")
-flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every step "
-                          "(e.g. data_dir=/data/tfds)")
-flags.DEFINE_multi_string("teacher_set", [], "KEY=VALUE override for the teacher only")
-flags.DEFINE_multi_string("student_set", [], "KEY=VALUE override for the student only")
-flags.DEFINE_string("eval_split", "test", "split for evaluation and agreement")
-flags.DEFINE_enum("storage", "full", ["full", "topk"], "teacher logits storage: full is 2 "
-                  "bytes per class, topk 4k + 2 bytes (smaller above 2k + 1 classes)")
-flags.DEFINE_integer("k", 10, "top-k kept with --storage=topk")
-flags.DEFINE_integer("precompute_batch_size", 500, "teacher batch when precomputing logits")
-flags.DEFINE_bool("fresh", False, "delete the workdir first")
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "directory for every run of the chain")
+  flags.DEFINE_string("teacher_config", "configs/fashion_mnist_resnet_teacher.py",
+                      "teacher training config")
+  flags.DEFINE_string("student_config", "configs/fashion_mnist_deit_tiny_distilled.py",
+                      "student training config (distill.type soft or hard)")
+  flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every step "
+                            "(e.g. data_dir=/data/tfds)")
+  flags.DEFINE_multi_string("teacher_set", [], "KEY=VALUE override for the teacher only")
+  flags.DEFINE_multi_string("student_set", [], "KEY=VALUE override for the student only")
+  flags.DEFINE_string("eval_split", "test", "split for evaluation and agreement")
+  flags.DEFINE_enum("storage", "full", ["full", "topk"], "teacher logits storage: full is 2 "
+                    "bytes per class, topk 4k + 2 bytes (smaller above 2k + 1 classes)")
+  flags.DEFINE_integer("k", 10, "top-k kept with --storage=topk")
+  flags.DEFINE_integer("precompute_batch_size", 500, "teacher batch when precomputing logits")
+  flags.DEFINE_bool("fresh", False, "delete the workdir first")
 
 
 def _overrides(pairs):
@@ -129,5 +132,6 @@ def table(teacher: str, student: dict, seconds: float) -> str:
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flag_as_required("workdir")
   app.run(main)

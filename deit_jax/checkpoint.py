@@ -23,6 +23,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from deit_jax.errors import (CheckpointError, CheckpointMismatchError, NotACheckpointError,
+                             OutputExistsError)
 from deit_jax.models import create_model
 
 MODEL_METADATA = "deit_jax_model.json"
@@ -44,7 +46,7 @@ def save_model(directory, model: nnx.Module, *, name: str, overrides: dict[str, 
   path = _as_path(directory)
   if path.exists() and any(path.iterdir()):
     if not overwrite:
-      raise FileExistsError(f"{path} already exists and is not empty (pass --overwrite to "
+      raise OutputExistsError(f"{path} already exists and is not empty (pass --overwrite to "
                             "replace it)")
     path.rmtree()
   path.mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def read_metadata(directory) -> dict[str, Any]:
   meta_file = path / MODEL_METADATA
   if not meta_file.exists():
     what = "an incomplete save" if (path / "params").exists() else "not a deit_jax model directory"
-    raise FileNotFoundError(f"{path}: {what} (no {MODEL_METADATA})")
+    raise NotACheckpointError(f"{path}: {what} (no {MODEL_METADATA})")
   return json.loads(meta_file.read_text())
 
 
@@ -85,7 +87,7 @@ def load_model(directory, **overrides: Any) -> nnx.Module:
     try:
       restored = checkpointer.restore(path / "params", abstract)
     except ValueError as e:
-      raise ValueError(f"{path}: saved parameters do not fit {metadata['name']} with "
+      raise CheckpointError(f"{path}: saved parameters do not fit {metadata['name']} with "
                        f"overrides {config}: {e}") from e
   nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)
@@ -95,10 +97,6 @@ def load_model(directory, **overrides: Any) -> nnx.Module:
 # ---------------------------------------------------------------------------
 # Training checkpoints: <workdir>/checkpoints/<step>/{state, data, meta}
 # ---------------------------------------------------------------------------
-
-class CheckpointMismatchError(ValueError):
-  """The workdir's checkpoint belongs to another model or shape."""
-
 
 def _is_key(x) -> bool:
   return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
@@ -202,14 +200,14 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
   path = _as_path(path)
   if (path / MODEL_METADATA).exists():
     if ema:
-      raise ValueError(f"{path}: a model directory holds one set of weights (no EMA)")
+      raise CheckpointError(f"{path}: a model directory holds one set of weights (no EMA)")
     metadata = read_metadata(path)
     model = load_model(path, **numerics)
     info = {"name": metadata["name"], "overrides": metadata["overrides"], "step": None}
   else:
     found = _train_checkpoint_step(path) if path.exists() else None
     if found is None:
-      raise FileNotFoundError(f"{path}: neither a training workdir, an orbax checkpoint step "
+      raise NotACheckpointError(f"{path}: neither a training workdir, an orbax checkpoint step "
                               f"nor a deit_jax model directory")
     directory, step = found
     meta_file = directory / str(step) / "meta" / "metadata"
@@ -226,7 +224,7 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
                                       restore_args=ocp.checkpoint_utils.construct_restore_args(
                                           abstract)))
     if ema and not jax.tree.leaves(restored.get("ema", {})):
-      raise ValueError(f"{path}: this run kept no EMA (ema_decay was 0)")
+      raise CheckpointError(f"{path}: this run kept no EMA (ema_decay was 0)")
     nnx.replace_by_pure_dict(params, restored["ema" if ema else "params"])
     nnx.replace_by_pure_dict(rest, restored["rest"])
     model = nnx.merge(graphdef, params, rest)

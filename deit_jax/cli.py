@@ -1,6 +1,10 @@
 """What every command-line entry point shares: the config flag, multi-process start-up,
-config-to-pipeline glue, and user mistakes reported as one line (exit code 2) instead of
-a traceback."""
+and user mistakes reported as one line (exit code 2) instead of a traceback.
+
+The entry-point layer: library modules never import this one. Only ``UserError``
+(``deit_jax.errors``) and the OS errors of paths the user named
+(``errors.USER_OS_ERRORS``) become ``error: ...``; anything else keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,16 @@ import os
 import sys
 from typing import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from deit_jax.errors import USER_OS_ERRORS, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
-
-
-class UserError(Exception):
-  """A mistake in the command or config: reported as one line, exit code 2."""
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, *USER_OS_ERRORS)
 
 
 def define_flags() -> None:
@@ -34,6 +37,13 @@ def define_flags() -> None:
   flags.mark_flag_as_required("config")
 
 
+def define_checkpoint_flags(default_split: str) -> None:
+  """--checkpoint, --ema and --split of the commands that run a saved model over a split."""
+  flags.DEFINE_string("checkpoint", None, "training workdir, orbax step or model directory")
+  flags.DEFINE_bool("ema", False, "use the checkpoint's EMA parameters")
+  flags.DEFINE_string("split", None, f"dataset split (default: the config's {default_split})")
+
+
 def initialize_processes() -> None:
   if FLAGS.cpu_devices:
     jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
@@ -46,14 +56,6 @@ def initialize_processes() -> None:
     jax.distributed.initialize()
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-  from deit_jax.checkpoint import CheckpointMismatchError
-  from deit_jax.data.sources import DatasetError
-  from deit_jax.teacher.store import TeacherLogitsError
-  return (UserError, CheckpointMismatchError, DatasetError, TeacherLogitsError,
-          FileNotFoundError, FileExistsError, ValueError)
-
-
 def run(body: Callable[[object], object]) -> None:
   """``app.run`` of ``body(config)`` after flag parsing, process start-up and config
   loading; user mistakes anywhere become ``error: <one line>`` and exit code 2."""
@@ -61,8 +63,8 @@ def run(body: Callable[[object], object]) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
-      logging.set_verbosity(logging.WARNING)  # orbax/TF chatter; progress lines are printed
+    quiet_logs()
+    # Imported here, not above: the benchmark and convert use this module without TF.
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # TF only feeds data; never the accelerator
     initialize_processes()
@@ -71,15 +73,63 @@ def run(body: Callable[[object], object]) -> None:
       config.dataset  # noqa: B018 - config_flags reports a bad config file only on first use
     except OSError as e:
       fail(str(e).split("The above exception")[0])
-    try:
+    with one_line_errors():
       body(config)
-    except user_errors() as e:
-      fail(str(e))
 
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)
 
 
-def _parse_flags(argv):
+def run_plain(body: Callable[[], object]) -> None:
+  """``app.run`` of ``body()`` for entry points without a config (benchmark, convert)."""
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_logs()
+    with one_line_errors():
+      code = body()
+    sys.exit(code or 0)
+
+  app.run(main, flags_parser=parse_flags)
+
+
+def parse_argv(define: Callable[[flags.FlagValues], None], argv: list[str], prog: str,
+               epilog: str = "") -> tuple[flags.FlagValues, list[str]]:
+  """Parses ``argv`` (without the program name) into fresh absl FlagValues that
+  ``define(flag_values)`` fills: for entry points that are also called in-process (the
+  benchmark, convert), so that nothing carries over between calls. Returns the values and
+  the positional arguments; a bad flag raises ``UserError``; --help prints and exits."""
+  values = flags.FlagValues()
+  define(values)
+  if any(a in ("--help", "-h", "--helpfull") for a in argv):
+    print(f"usage: {prog} ...\n\n{values.get_help()}" + (f"\n\n{epilog}" if epilog
+                                                                   else ""))
+    raise SystemExit(0)
+  try:
+    rest = values([prog, *argv])
+  except flags.Error as e:
+    raise UserError(str(e)) from None
+  return values, rest[1:]
+
+
+def quiet_logs() -> None:
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+    logging.set_verbosity(logging.WARNING)  # orbax/TF chatter; progress lines are printed
+
+
+class one_line_errors:  # noqa: N801 - used like contextlib's lower-case managers
+  """``with one_line_errors(): ...`` turns a user error into ``error: ...``, exit 2."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    if kind is not None and issubclass(kind, USER_ERRORS):
+      fail(str(error))
+    return False
+
+
+def parse_flags(argv):
   """absl flag parsing, with config mistakes (a mistyped --config.key, a bad value, a
   missing config file) reported as one line instead of a traceback."""
   try:
@@ -98,40 +148,3 @@ def say(message: str) -> None:
   """Progress output, from process 0 only."""
   if jax.process_index() == 0:
     print(message, flush=True)
-
-
-# ---------------------------------------------------------------------------
-# Config -> objects
-# ---------------------------------------------------------------------------
-
-def augment_config(config):
-  from deit_jax.data import pipeline
-  values = config.aug.to_dict()
-  values["randaugment"] = values.get("randaugment") or None
-  values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
-  return pipeline.AugmentConfig(**values)
-
-
-def model_overrides(config) -> dict:
-  overrides = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-  overrides["num_classes"] = config.num_classes
-  return overrides
-
-
-def open_split(config, split: str):
-  from deit_jax.data import sources
-  source = sources.open_source(config.dataset, split, data_dir=config.data_dir,
-                               manual_dir=config.manual_dir)
-  if source.num_classes != config.num_classes:
-    raise UserError(f"config.num_classes={config.num_classes} but {config.dataset} has "
-                    f"{source.num_classes} classes")
-  return source
-
-
-def open_teacher_logits(path: str, source):
-  """The store at ``path``, validated against ``source`` before any compute."""
-  from deit_jax.teacher.store import TeacherLogits
-  logits = TeacherLogits(path)
-  logits.validate(dataset=source.name, split=source.split, num_examples=source.num_examples,
-                  num_classes=source.num_classes)
-  return logits

@@ -1,312 +1,57 @@
-"""Import official DeiT / timm PyTorch weights into our NNX models.
+"""Convert official DeiT / timm PyTorch weights into a model directory that evaluation,
+fine-tuning (``init_from``) and teachers restore (``deit_jax.models.torch_weights``).
 
     python -m deit_jax.convert deit_base_distilled_patch16_224-df68dfff.pth \\
-        --model deit_base_distilled_patch16_224 --out /ckpt/deit_b_dist
-
-Accepts an official DeiT checkpoint (``{"model": state_dict, ...}``), a plain timm
-state_dict ``.pth`` or a ``.safetensors`` file. Pickles are read only with
-``torch.load(weights_only=True)``; anything that needs arbitrary code to unpickle is refused.
-
-Key map (official and timm share keys), see REFERENCE.md section 1:
-conv kernel (D,C,p,p) -> HWIO; Linear (out,in) -> (in,out); fused qkv rows [q; k; v] ->
-(D, 3, heads, head_dim); attn.proj -> (heads, head_dim, D); LayerNorm weight -> scale.
-A different resolution resamples the patch part of ``pos_embed`` exactly like the
-official fine-tuning code (torch bicubic, align_corners=False); a different class count
-drops both heads and keeps the model's fresh initialisation of them.
+        --model=deit_base_distilled_patch16_224 --out=/ckpt/deit_b_dist \\
+        [--num_classes=N] [--img_size=384] [--overwrite]
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import pickle
 import sys
-from typing import Any, Callable
 
-import jax.numpy as jnp
-import numpy as np
-from absl import logging
+from absl import flags, logging
 
-from deit_jax.models import create_model
-from deit_jax.models.vit import VisionTransformer
+from deit_jax import checkpoint, cli
+from deit_jax.errors import ConversionError, UserError
+from deit_jax.models.pos_embed import resample_pos_embed
+from deit_jax.models.torch_weights import (apply_state_dict, load_torch_checkpoint,
+                                           read_state_dict)
 
-_HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
-
-
-class ConversionError(ValueError):
-  """A checkpoint that cannot be imported into the requested model."""
+__all__ = ["ConversionError", "apply_state_dict", "load_torch_checkpoint", "main",
+           "read_state_dict", "resample_pos_embed"]
 
 
-# ---------------------------------------------------------------------------
-# Reading weights files
-# ---------------------------------------------------------------------------
-
-def _to_numpy(tensor) -> np.ndarray:
-  if hasattr(tensor, "detach"):  # torch.Tensor (bf16/fp16 have no exact numpy twin)
-    tensor = tensor.detach().cpu()
-    if not tensor.is_floating_point():
-      return tensor.numpy()
-    return tensor.float().numpy()
-  return np.asarray(tensor)
-
-
-def _unwrap(obj: Any, path: str) -> dict[str, Any]:
-  """Finds the state dict inside an official/timm/DDP checkpoint."""
-  if isinstance(obj, dict):
-    for key in ("model", "state_dict", "model_ema"):
-      if key in obj and isinstance(obj[key], dict):
-        obj = obj[key]
-        break
-  if not isinstance(obj, dict) or not obj:
-    raise ConversionError(f"{path}: no state dict found (expected a dict of tensors, "
-                          f"optionally under 'model' or 'state_dict')")
-  if all(isinstance(k, str) and k.startswith("module.") for k in obj):
-    obj = {k[len("module."):]: v for k, v in obj.items()}  # saved from DistributedDataParallel
-  return obj
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Loads a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file as ``{key: numpy array}``."""
-  path = str(path)
-  if not os.path.isfile(path):
-    raise ConversionError(f"weights file not found: {path}")
-  if path.endswith(".safetensors"):
-    try:
-      from safetensors import safe_open
-    except ImportError as e:
-      raise ConversionError("reading .safetensors needs the 'safetensors' package: "
-                            "pip install 'deit_jax[torch]'") from e
-    try:  # numpy via ml_dtypes covers bf16/fp16 too; no torch needed
-      with safe_open(path, framework="numpy") as f:
-        return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for bad headers
-      raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
-  try:
-    import torch
-  except ImportError as e:
-    raise ConversionError(f"reading {path} needs PyTorch: pip install 'deit_jax[torch]' "
-                          "(or convert the file to .safetensors)") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ConversionError(
-        f"refusing to load {path}: it is not a plain weights file and unpickling it could "
-        f"run arbitrary code ({first_line}). Only weights-only pickles or .safetensors "
-        "are accepted.") from e
-  except (RuntimeError, EOFError, OSError) as e:
-    raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
-  return {k: _to_numpy(v) for k, v in _unwrap(obj, path).items() if hasattr(v, "shape")}
-
-
-# ---------------------------------------------------------------------------
-# Position-embedding resampling (the official fine-tuning recipe)
-# ---------------------------------------------------------------------------
-
-def _torch_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """(out, in) weights of torch's bicubic resize, align_corners=False, A=-0.75, no antialias."""
-  a = -0.75
-  scale = in_size / out_size
-  weights = np.zeros((out_size, in_size), np.float64)
-  for i in range(out_size):
-    src = (i + 0.5) * scale - 0.5
-    base = int(np.floor(src))
-    t = src - base
-    w = [((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
-         ((a + 2) * t - (a + 3)) * t * t + 1,
-         ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1]
-    w.append(1.0 - sum(w))
-    for offset, wk in zip((-1, 0, 1, 2), w):
-      weights[i, min(max(base + offset, 0), in_size - 1)] += wk
-  return weights
-
-
-def resample_pos_embed(pos_embed: np.ndarray, num_prefix_tokens: int,
-                       new_grid: int) -> np.ndarray:
-  """Resizes the patch rows of a (1, prefix + g*g, D) embedding to new_grid x new_grid."""
-  prefix, patches = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
-  old_grid = int(round(np.sqrt(patches.shape[0])))
-  if old_grid * old_grid != patches.shape[0]:
-    raise ConversionError(f"pos_embed has {patches.shape[0]} patch rows, not a square grid")
-  m = _torch_bicubic_matrix(old_grid, new_grid)
-  grid = patches.reshape(old_grid, old_grid, -1).astype(np.float64)
-  resized = np.einsum("yi,xj,ijd->yxd", m, m, grid).reshape(1, new_grid * new_grid, -1)
-  return np.concatenate([prefix, resized.astype(pos_embed.dtype)], axis=1)
-
-
-# ---------------------------------------------------------------------------
-# Key map
-# ---------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  path: tuple[str | int, ...]                          # attribute path in the NNX model
-  transform: Callable[[np.ndarray], np.ndarray] = lambda w: w
-
-
-def _key_map(model: VisionTransformer) -> dict[str, _Entry]:
-  cfg = model.config
-  d, h, k = cfg.embed_dim, cfg.num_heads, cfg.head_dim
-  linear_t = lambda w: w.T
-  entries = {
-      "cls_token": _Entry(("cls_token",)),
-      "pos_embed": _Entry(("pos_embed",)),
-      "patch_embed.proj.weight": _Entry(("patch_embed", "kernel"),
-                                        lambda w: w.transpose(2, 3, 1, 0)),
-      "patch_embed.proj.bias": _Entry(("patch_embed", "bias")),
-      "norm.weight": _Entry(("norm", "scale")),
-      "norm.bias": _Entry(("norm", "bias")),
-      "head.weight": _Entry(("head", "kernel"), linear_t),
-      "head.bias": _Entry(("head", "bias")),
-  }
-  if cfg.distilled:
-    entries["dist_token"] = _Entry(("dist_token",))
-    entries["head_dist.weight"] = _Entry(("head_dist", "kernel"), linear_t)
-    entries["head_dist.bias"] = _Entry(("head_dist", "bias"))
-  for i in range(cfg.depth):
-    p = f"blocks.{i}."
-    blk = ("blocks", i)
-    entries.update({
-        p + "norm1.weight": _Entry(blk + ("norm1", "scale")),
-        p + "norm1.bias": _Entry(blk + ("norm1", "bias")),
-        p + "attn.qkv.weight": _Entry(blk + ("attn", "qkv_kernel"),
-                                      lambda w: w.T.reshape(d, 3, h, k)),
-        p + "attn.proj.weight": _Entry(blk + ("attn", "proj_kernel"),
-                                       lambda w: w.T.reshape(h, k, d)),
-        p + "attn.proj.bias": _Entry(blk + ("attn", "proj_bias")),
-        p + "norm2.weight": _Entry(blk + ("norm2", "scale")),
-        p + "norm2.bias": _Entry(blk + ("norm2", "bias")),
-        p + "mlp.fc1.weight": _Entry(blk + ("mlp", "fc1", "kernel"), linear_t),
-        p + "mlp.fc1.bias": _Entry(blk + ("mlp", "fc1", "bias")),
-        p + "mlp.fc2.weight": _Entry(blk + ("mlp", "fc2", "kernel"), linear_t),
-        p + "mlp.fc2.bias": _Entry(blk + ("mlp", "fc2", "bias")),
-    })
-    if cfg.qkv_bias:
-      entries[p + "attn.qkv.bias"] = _Entry(blk + ("attn", "qkv_bias"),
-                                            lambda w: w.reshape(3, h, k))
-  return entries
-
-
-def _is_square_grid(pos_embed: np.ndarray, cfg) -> bool:
-  """Whether ``pos_embed`` is (1, prefix + g*g, D) for this model's prefix and width."""
-  if pos_embed.ndim != 3 or pos_embed.shape[0] != 1 or pos_embed.shape[2] != cfg.embed_dim:
-    return False
-  patches = pos_embed.shape[1] - cfg.num_prefix_tokens
-  return patches > 0 and int(round(np.sqrt(patches))) ** 2 == patches
-
-
-def _variable(model, path):
-  node = model
-  for part in path:
-    node = node[part] if isinstance(part, int) else getattr(node, part)
-  return node
-
-
-def apply_state_dict(model: VisionTransformer, state_dict: dict[str, np.ndarray]) -> list[str]:
-  """Copies torch weights into ``model`` in place; returns notes on what was adapted.
-
-  Raises ConversionError listing every missing, unexpected and mismatched key at once.
-  """
-  if not isinstance(model, VisionTransformer):
-    raise ConversionError(f"{type(model).__name__} models have no PyTorch key map")
-  cfg = model.config
-  entries = _key_map(model)
-  missing = sorted(set(entries) - set(state_dict))
-  unexpected = sorted(set(state_dict) - set(entries))
-  mismatched, notes, updates = [], [], {}
-
-  head_shape = state_dict.get("head.weight", np.zeros((0, 0))).shape
-  if head_shape and head_shape[0] != cfg.num_classes and head_shape[1:] == (cfg.embed_dim,):
-    notes.append(f"checkpoint heads have {head_shape[0]} classes, the model {cfg.num_classes}: "
-                 "dropped the checkpoint heads and kept freshly initialised ones")
-    skip = set(_HEAD_KEYS)
-  else:
-    skip = set()
-
-  for key, entry in entries.items():
-    if key in missing or key in skip:
-      continue
-    value = np.asarray(state_dict[key], np.float32)
-    var = _variable(model, entry.path)
-    if key == "pos_embed" and value.shape != var.shape and _is_square_grid(value, cfg):
-      old = value.shape[1] - cfg.num_prefix_tokens
-      value = resample_pos_embed(value, cfg.num_prefix_tokens, cfg.grid_size)
-      notes.append(f"resampled pos_embed from {old} to {cfg.num_patches} patches "
-                   "(bicubic, prefix tokens kept)")
-    else:
-      try:
-        value = entry.transform(value)
-      except ValueError:
-        pass  # a reshape that cannot apply is reported as a shape mismatch below
-    if value.shape != var.shape:
-      mismatched.append(f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model "
-                        f"{tuple(var.shape)} (after layout change {tuple(value.shape)})")
-      continue
-    updates[entry.path] = value
-
-  if missing or unexpected or mismatched:
-    parts = []
-    if missing:
-      parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
-      parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if mismatched:
-      parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
-    raise ConversionError("checkpoint does not fit the model: " + " | ".join(parts))
-
-  for path, value in updates.items():
-    var = _variable(model, path)
-    var.set_value(jnp.asarray(value, var.dtype))
-  for note in notes:
-    logging.warning("%s", note)
-  return notes
-
-
-def load_torch_checkpoint(path: str | os.PathLike, name: str, **overrides: Any):
-  """Builds ``create_model(name, **overrides)`` and fills it with the weights at ``path``."""
-  state_dict = read_state_dict(path)
-  model = create_model(name, **overrides)
-  try:
-    apply_state_dict(model, state_dict)
-  except ConversionError as e:
-    raise ConversionError(f"{path} -> {name}: {e}") from None
-  return model
-
-
-# ---------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------
-
-def _parse_args(argv):
-  import argparse
-  parser = argparse.ArgumentParser(
-      prog="python -m deit_jax.convert",
-      description="Convert an official DeiT / timm PyTorch checkpoint into an orbax "
-                  "checkpoint that deit_jax evaluation and fine-tuning restore.")
-  parser.add_argument("src", help=".pth / .pt / .bin / .safetensors weights file")
-  parser.add_argument("--model", required=True, help="registry name, e.g. "
-                      "deit_base_distilled_patch16_224")
-  parser.add_argument("--out", required=True, help="output directory (local or gs://)")
-  parser.add_argument("--num-classes", type=int, help="re-initialise the heads for N classes")
-  parser.add_argument("--img-size", type=int, help="fine-tune resolution (resamples pos_embed)")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-  return parser.parse_args(argv)
+def _define_flags(values: flags.FlagValues) -> None:
+  d = dict(flag_values=values)
+  flags.DEFINE_string("model", None, "registry name, e.g. deit_base_distilled_patch16_224",
+                      **d)
+  flags.DEFINE_string("out", None, "output directory (local or gs://)", **d)
+  flags.DEFINE_integer("num_classes", None, "re-initialise the heads for N classes", **d)
+  flags.DEFINE_integer("img_size", None, "fine-tune resolution (resamples pos_embed)", **d)
+  flags.DEFINE_bool("overwrite", False, "replace an existing --out", **d)
 
 
 def main(argv=None) -> int:
-  from deit_jax import checkpoint  # orbax is only needed for the CLI
-
-  args = _parse_args(argv)
-  overrides = {k: v for k, v in (("num_classes", args.num_classes),
-                                 ("img_size", args.img_size)) if v is not None}
+  """``python -m deit_jax.convert WEIGHTS --model=NAME --out=DIR``: 0, or 2 with one line
+  ``error: ...`` on bad input."""
+  argv = sys.argv[1:] if argv is None else argv
   try:
-    model = load_torch_checkpoint(args.src, args.model, **overrides)
-    out = checkpoint.save_model(args.out, model, name=args.model, overrides=overrides,
-                                source=os.path.abspath(args.src), overwrite=args.overwrite)
-  except (ValueError, FileExistsError) as e:
+    values, positional = cli.parse_argv(_define_flags, argv, "python -m deit_jax.convert")
+    if len(positional) != 1 or not values.model or not values.out:
+      raise UserError("usage: python -m deit_jax.convert WEIGHTS --model=NAME --out=DIR "
+                      "[--num_classes=N] [--img_size=S] [--overwrite]")
+    src = positional[0]
+    overrides = {k: v for k, v in (("num_classes", values.num_classes),
+                                   ("img_size", values.img_size)) if v is not None}
+    model = load_torch_checkpoint(src, values.model, **overrides)
+    out = checkpoint.save_model(values.out, model, name=values.model, overrides=overrides,
+                                source=os.path.abspath(src), overwrite=values.overwrite)
+  except cli.USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {args.model} ({checkpoint.count_params(model):,} parameters) to {out}")
+  print(f"wrote {values.model} ({checkpoint.count_params(model):,} parameters) to {out}")
   return 0
 
 

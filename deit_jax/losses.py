@@ -1,10 +1,14 @@
 """Classification and distillation losses with the official DeiT code's semantics.
 
-``deit_loss`` follows facebookresearch/deit ``losses.DistillationLoss`` (REFERENCE.md
-section 2): the class head gets the base criterion against the (mixed, smoothed) labels,
-the distillation head gets the teacher term, and
+``deit_loss`` follows facebookresearch/deit ``losses.DistillationLoss`` (DeiT paper,
+arXiv 2012.12877, section 4): the class head gets the base criterion against the (mixed,
+smoothed) labels, the distillation head gets the teacher term, and
 
     total = (1 - alpha) * base + alpha * distill       (``none``: total = base)
+
+A plain model (one logits array, no distillation token) gets both terms on its single
+class-token output, as in the DeiT paper's Table 3 rows "usual distillation" and "hard
+distillation" (arXiv 2012.12877; the official code refuses this combination).
 
 * soft: ``KL(softmax(t/T) || softmax(s_dist/T)) * T^2``, summed and divided by the number
   of logits B*C ("numel", the official code and the published recipe) or by B
@@ -16,6 +20,7 @@ All functions are pure and jit-friendly; shape checks happen at trace time.
 
 from __future__ import annotations
 
+import typing
 from typing import Literal, NamedTuple, Sequence
 
 import jax
@@ -24,6 +29,8 @@ import optax
 
 Distillation = Literal["none", "soft", "hard"]
 KLReduction = Literal["numel", "batchmean"]
+DISTILLATIONS: tuple[str, ...] = typing.get_args(Distillation)
+KL_REDUCTIONS: tuple[str, ...] = typing.get_args(KLReduction)
 
 
 def soft_target_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -111,10 +118,8 @@ def deit_loss_terms(outputs, targets: jax.Array, teacher_logits: jax.Array | Non
     return DeiTLossTerms(base, base, jnp.zeros((), jnp.float32))
   if distillation not in ("soft", "hard"):
     raise ValueError(f"distillation must be 'none', 'soft' or 'hard', got {distillation!r}")
-  if dist_logits is None:
-    raise ValueError(f"distillation={distillation!r} needs a distilled model's "
-                     "(cls_logits, dist_logits) outputs (model.train() on a *_distilled_* "
-                     "model), got a single logits array")
+  if dist_logits is None:  # class token only: the teacher term goes to the same output
+    dist_logits = cls_logits
   if teacher_logits is None:
     raise ValueError(f"distillation={distillation!r} needs teacher_logits")
   if distillation == "soft":
@@ -134,7 +139,8 @@ def deit_loss(outputs, targets: jax.Array, teacher_logits: jax.Array | None = No
 
   Args:
     outputs: a distilled model's ``(cls_logits, dist_logits)``, each (B, C), or the
-      logits (B, C) of a plain model (only with ``distillation="none"``).
+      logits (B, C) of a plain model, which then receive both the base and the teacher
+      term (class-token-only distillation).
     targets: int labels (B,) -- label-smoothed by ``label_smoothing`` -- or a (B, C)
       target distribution (mixup/cutmix with smoothing already folded in).
     teacher_logits: (B, C) teacher logits; for ``hard`` also (B,) int teacher labels.

@@ -1,9 +1,12 @@
-"""Optimizer pieces of the DeiT recipe (REFERENCE.md section 3) built from optax."""
+"""Optimizer pieces of the DeiT recipe (AdamW, warm-up + cosine; DeiT paper Table 9) built
+from optax."""
 
 from __future__ import annotations
 
 import jax
 import optax
+
+from deit_jax.errors import ConfigError
 
 def weight_decay_mask(params) -> object:
   """True where AdamW applies weight decay.
@@ -38,3 +41,27 @@ def adamw(schedule: optax.Schedule, params, *, weight_decay: float = 0.05, b1: f
   chain.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                            mask=weight_decay_mask(params)))
   return optax.chain(*chain)
+
+
+def sgd(schedule: optax.Schedule, params, *, weight_decay: float = 1e-4, momentum: float = 0.9,
+        grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+  """SGD with Nesterov momentum and L2 weight decay added to the gradient (PyTorch's
+  ``SGD(weight_decay=...)``, which timm's ``sgd`` optimizer -- used by the DeiT authors'
+  transfer recipe -- builds), on the same no-decay set as AdamW."""
+  chain = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
+  chain += [optax.add_decayed_weights(weight_decay, mask=weight_decay_mask(params)),
+            optax.sgd(schedule, momentum=momentum or None, nesterov=bool(momentum))]
+  return optax.chain(*chain)
+
+
+def create(name: str, schedule: optax.Schedule, params, *, weight_decay: float,
+           b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, momentum: float = 0.9,
+           grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+  """The optimizer ``name`` ("adamw" or "sgd"); each ignores the other's settings."""
+  if name == "adamw":
+    return adamw(schedule, params, weight_decay=weight_decay, b1=b1, b2=b2, eps=eps,
+                 grad_clip_norm=grad_clip_norm)
+  if name == "sgd":
+    return sgd(schedule, params, weight_decay=weight_decay, momentum=momentum,
+               grad_clip_norm=grad_clip_norm)
+  raise ConfigError(f"optimizer.name must be 'adamw' or 'sgd', got {name!r}")

@@ -19,6 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from deit_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -38,21 +40,21 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, in
   """Resolves {"data": -1, "fsdp": 2, "tensor": 1} (-1 = the rest) against the device count."""
   unknown = set(axis_sizes) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"unknown mesh axes {sorted(unknown)}; the axes are {MESH_AXES}")
+    raise ConfigError(f"unknown mesh axes {sorted(unknown)}; the axes are {MESH_AXES}")
   sizes = [int(axis_sizes.get(name, 1)) for name in MESH_AXES]
   free = [i for i, s in enumerate(sizes) if s == -1]
   if len(free) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    raise ConfigError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(axis_sizes)}")
+    raise ConfigError(f"mesh axis sizes must be positive or -1, got {dict(axis_sizes)}")
   fixed = math.prod(s for s in sizes if s != -1)
   if free:
     if num_devices % fixed:
-      raise ValueError(f"{num_devices} devices cannot be split into mesh "
+      raise ConfigError(f"{num_devices} devices cannot be split into mesh "
                        f"{dict(zip(MESH_AXES, sizes))}")
     sizes[free[0]] = num_devices // fixed
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+    raise ConfigError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                      f"there are {num_devices}")
   return tuple(sizes)
 

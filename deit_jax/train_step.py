@@ -6,7 +6,7 @@ without NNX objects in the way; the model's graph definition is static. The step
     key      = fold_in(state.rng, state.step)
     images, targets, teacher = mixup(key, batch)            # on device, same lambda for all
     outputs  = model.train()(images)                         # (cls, dist) or logits
-    loss     = deit_loss(outputs, targets, teacher, ...)     # REFERENCE.md section 2
+    loss     = deit_loss(outputs, targets, teacher, ...)     # DeiT paper section 4
     params   = AdamW(params, grads); ema = decay * ema + (1 - decay) * params
 
 Compute runs in the model's ``dtype`` (e.g. bfloat16) on float32 master weights; gradient
@@ -26,12 +26,14 @@ from jax.sharding import Mesh
 
 from deit_jax import losses, sharding
 from deit_jax.data import mixup
+from deit_jax.errors import ConfigError
 
 
 class TrainState(NamedTuple):
   step: jax.Array          # int32 scalar
   params: Any              # pure dict of float32 master weights
-  rest: Any                # pure dict of the model's other state (RNG streams)
+  rest: Any                # the model's non-parameter state: RNG stream counters, BatchNorm
+                           # statistics (the name is in saved checkpoints: kept)
   opt_state: Any
   ema: Any                 # pure dict (model EMA; tracked, not used for eval, as in DeiT)
   rng: jax.Array           # uint32[2] key data for mixup
@@ -122,7 +124,7 @@ def _match_params(tree, abstract_params, param_shardings, default):
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: Callable,
                     loss_config: LossConfig, mixup_config: mixup.MixupConfig | None,
                     *, ema_decay: float = 0.99996, grad_accum_steps: int = 1,
-                    mixup_groups: int = 1, teacher_def: ModelDef | None = None) -> Callable:
+                    teacher_def: ModelDef | None = None) -> Callable:
   """The pure step ``(state, batch[, teacher]) -> (state, metrics)``; ``batch`` holds
   "image", "label" and, for distillation with precomputed logits, "teacher_logits".
 
@@ -154,7 +156,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     if mixup_config is not None and mixup_config.enabled:
       images, targets, teacher = mixup.mixup_batch(key, images, labels,
                                                    loss_config.num_classes, mixup_config,
-                                                   teacher, mixup_groups)
+                                                   teacher)
     else:
       targets = labels
     if teacher_def is not None:
@@ -189,7 +191,7 @@ def _accumulate(forward_loss, state, images, targets, teacher, steps):
   """Mean loss/gradients over ``steps`` micro-batches (lax.scan keeps one in memory)."""
   b = images.shape[0]
   if b % steps:
-    raise ValueError(f"batch {b} is not divisible by grad_accum_steps {steps}")
+    raise ConfigError(f"batch {b} is not divisible by grad_accum_steps {steps}")
 
   def micro(x):
     return None if x is None else x.reshape((steps, b // steps) + x.shape[1:])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-GPU benchmark (H100/H200) of deit_jax against timm, in under ~10 minutes:
-# DeiT-S and DeiT-B (distilled), train and infer, bfloat16, --batch-size auto (each case's
+# DeiT-S and DeiT-B (distilled), train and infer, bfloat16, --batch_size auto (each case's
 # sizes tried in ascending order up to the first out-of-memory or a time budget), timm under
 # torch.compile at the batch size our sweep picked. Needs JAX (CUDA), PyTorch and timm in
 # ${PYTHON:-python3}; no TensorFlow, no pip install of this repository.
@@ -93,9 +93,9 @@ fi
 for model in "${models[@]}"; do
   for mode in "${modes[@]}"; do
     if [[ $mode == train ]]; then limit=$timeout_train budget=50; else limit=$timeout_infer budget=30; fi
-    cmd=("$python" -m deit_jax.benchmark --model "$model" --mode "$mode" --dtype bfloat16
-         --batch-size auto --batch-sizes "$(batch_sizes "$model" "$mode")"
-         --sweep-budget "$budget" --vs-timm --timm-compile --json --steps "$steps")
+    cmd=("$python" -m deit_jax.bench.benchmark --model "$model" --mode "$mode" --dtype bfloat16
+         --batch_size auto --batch_sizes "$(batch_sizes "$model" "$mode")"
+         --sweep_budget "$budget" --vs_timm --timm_compile --json --steps "$steps")
     log=$out/${model}_${mode}.log
     if ((dry_run)); then
       show timeout -k 10 "$limit" "${cmd[@]}"

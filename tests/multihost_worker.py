@@ -27,7 +27,7 @@ def main():
   source = sources.open_source("fashion_mnist", "test", data_dir=data_dir)
   config = pipeline.AugmentConfig(image_size=28, crop="pad_crop", pad=2, mean=(0.286,),
                                   std=(0.353,), in_chans=1)
-  iterator = pipeline.TrainIterator(source, config, pipeline.Sharding(48, jax.process_index(),
+  iterator = pipeline.TrainIterator(source, config, pipeline.HostSlice(48, jax.process_index(),
                                                                       jax.process_count()),
                                     seed=5)
   total = jax.jit(lambda b: (b["id"].sum(), (b["image"] * b["id"][:, None, None, None]).sum()),

@@ -1,5 +1,6 @@
-"""The benchmark CLI (deit_jax.benchmark) on a tiny DeiT: JSON keys, timm comparison,
-no TensorFlow on its import path, analytic FLOPs against REFERENCE.md, one-line errors."""
+"""The benchmark CLI (deit_jax.bench.benchmark) on a tiny DeiT: JSON keys, timm comparison,
+no TensorFlow on its import path, analytic FLOPs against the published counts, one-line
+errors."""
 
 import importlib.util
 import json
@@ -13,7 +14,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from deit_jax import benchmark, train_step as ts
+from deit_jax import train_step as ts
+from deit_jax.bench import benchmark
 from deit_jax.models import create_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +28,7 @@ KEYS = {"images_per_sec", "step_ms", "mfu", "model", "batch_size", "mode", "dtyp
 
 def _cli(*args, timeout=240):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "deit_jax.benchmark", *args], cwd=ROOT,
+  return subprocess.run([sys.executable, "-m", "deit_jax.bench.benchmark", *args], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -38,9 +40,9 @@ def _json(proc):
 @pytest.mark.parametrize("mode", ["train", "infer"])
 def test_cli_json_vs_timm(mode):
   pytest.importorskip("timm")
-  proc = _cli("--model", MODEL, "--batch-size", "4", "--mode", mode, "--steps", "2",
-              "--warmup", "1", "--json", "--vs-timm", *TINY,
-              *(["--peak-tflops", "0.1"] if mode == "infer" else []))  # train: CPU probe
+  proc = _cli("--model", MODEL, "--batch_size", "4", "--mode", mode, "--steps", "2",
+              "--warmup", "1", "--json", "--vs_timm", *TINY,
+              *(["--peak_tflops", "0.1"] if mode == "infer" else []))  # train: CPU probe
   result = _json(proc)
   assert KEYS | {"timm_images_per_sec", "speedup_vs_timm"} <= set(result)
   assert result["mode"] == mode and result["batch_size"] == 4 and result["model"] == MODEL
@@ -61,11 +63,11 @@ def test_cli_json_vs_timm(mode):
 
 
 def test_no_tensorflow_on_the_benchmark_path():
-  argv = ["--model", MODEL, "--batch-size", "2", "--mode", "infer", "--steps", "1",
-          "--warmup", "0", "--peak-tflops", "0.1", *TINY]
+  argv = ["--model", MODEL, "--batch_size", "2", "--mode", "infer", "--steps", "1",
+          "--warmup", "0", "--peak_tflops", "0.1", *TINY]
   code = (
       "import sys\n"
-      "from deit_jax import benchmark\n"
+      "from deit_jax.bench import benchmark\n"
       f"r = benchmark.main({argv!r})\n"
       "assert r['images_per_sec'] > 0\n"
       "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules\n"
@@ -82,7 +84,8 @@ def test_no_tensorflow_on_the_benchmark_path():
                                          ("deit_base_patch16_224", 35.1),
                                          ("deit_base_patch16_384", 111.0)])
 def test_analytic_flops_match_reference(name, gflops):
-  """REFERENCE.md section 6: Ti 2.5, S 9.2, B 35.1 GFLOP (B 384 ~111) per forward."""
+  """Ti 2.5, S 9.2, B 35.1 GFLOP (B 384 ~111) per forward: twice the GMACs timm lists for
+  these models (1.3, 4.6, 17.6, 55.5)."""
   abstract = nnx.eval_shape(lambda: create_model(name))
   assert benchmark.analytic_forward_flops(abstract.config) / 1e9 == pytest.approx(gflops,
                                                                                  rel=0.03)
@@ -120,15 +123,15 @@ def test_peak_table():
                      ("TPU v5", 459), ("TPU v6 lite", 918), ("NVIDIA A100-SXM4-80GB", 312),
                      ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H200", 989)]:
     assert benchmark.peak_tflops(Dev(kind), None)[0] == peak, kind
-  assert benchmark.peak_tflops(Dev("TPU v4"), 5.0) == (5.0, "--peak-tflops")
-  with pytest.raises(benchmark.BenchError, match="--peak-tflops"):
+  assert benchmark.peak_tflops(Dev("TPU v4"), 5.0) == (5.0, "--peak_tflops")
+  with pytest.raises(benchmark.BenchError, match="--peak_tflops"):
     benchmark.peak_tflops(Dev("Mystery accelerator"), None)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model", "deit_nope", "--batch-size", "4"], "unknown model"),
-    (["--model", MODEL, "--batch-size", "4", "--dtype", "float16"], "--dtype"),
-    (["--model", MODEL, "--batch-size", "4", "--mesh", "data=2"], "needs 2 devices"),
+    (["--model", "deit_nope", "--batch_size", "4"], "unknown model"),
+    (["--model", MODEL, "--batch_size", "4", "--dtype", "float16"], "--dtype"),
+    (["--model", MODEL, "--batch_size", "4", "--mesh", "data=2"], "needs 2 devices"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message):
   proc = _cli(*args, timeout=120)
@@ -140,34 +143,34 @@ def test_bad_input_is_one_line_exit_2(args, message):
 
 
 def test_bad_input_in_process():
-  assert benchmark.run(["--model", MODEL, "--batch-size", "4", "--override", "depth"]) == 2
-  assert benchmark.run(["--model", "cifar_resnet20", "--batch-size", "4", "--vs-timm"]) == 2
+  assert benchmark.run(["--model", MODEL, "--batch_size", "4", "--override", "depth"]) == 2
+  assert benchmark.run(["--model", "cifar_resnet20", "--batch_size", "4", "--vs_timm"]) == 2
   with pytest.raises(benchmark.BenchError, match="--dtype"):
-    benchmark.main(["--model", MODEL, "--batch-size", "4", "--override", "dtype=bfloat16"])
-  for argv, message in [(["--batch-size", "many"], "'auto'"),
-                        (["--batch-size", "auto", "--batch-sizes", "2,x"], "--batch-sizes"),
-                        (["--batch-size", "4", "--batch-sizes", "2,4"], "needs --batch-size auto"),
-                        (["--batch-size", "auto", "--batch-sizes", "0,2"], ">= 1"),
-                        (["--batch-size", "4", "--timm-compile"], "needs --vs-timm"),
-                        (["--batch-size", "4", "--attn-impl", "flash"], "--attn-impl"),
-                        (["--batch-size", "4", "--attn-impl", "xla", "--override",
+    benchmark.main(["--model", MODEL, "--batch_size", "4", "--override", "dtype=bfloat16"])
+  for argv, message in [(["--batch_size", "many"], "'auto'"),
+                        (["--batch_size", "auto", "--batch_sizes", "2,x"], "--batch_sizes"),
+                        (["--batch_size", "4", "--batch_sizes", "2,4"], "needs --batch_size=auto"),
+                        (["--batch_size", "auto", "--batch_sizes", "0,2"], ">= 1"),
+                        (["--batch_size", "4", "--timm_compile"], "needs --vs_timm"),
+                        (["--batch_size", "4", "--attn_impl", "flash"], "--attn_impl"),
+                        (["--batch_size", "4", "--attn_impl", "xla", "--override",
                           "attn_impl=xla"], "not both"),
-                        (["--batch-size", "4", "--attn-impl", "cudnn", "--override",
+                        (["--batch_size", "4", "--attn_impl", "cudnn", "--override",
                           "attn_drop_rate=0.1"], "attn_drop_rate")]:
     with pytest.raises(benchmark.BenchError, match=message):
       benchmark.main(["--model", MODEL, *argv])
   with pytest.raises(benchmark.BenchError, match="no attention"):
-    benchmark.main(["--model", "cifar_resnet20", "--batch-size", "4", "--attn-impl", "xla"])
+    benchmark.main(["--model", "cifar_resnet20", "--batch_size", "4", "--attn_impl", "xla"])
 
 
 def test_batch_size_auto_sweep(capsys, monkeypatch):
-  """--batch-size auto on CPU: a sweep of both sizes, the fastest reported; --attn-impl cudnn
+  """--batch_size auto on CPU: a sweep of both sizes, the fastest reported; --attn_impl cudnn
   (no cuDNN here) falls back to dot_product with a note. With timm installed, also the
   one-GPU path: our side in a child process (the CLI), timm here at the size it picked."""
   with_timm = importlib.util.find_spec("timm") is not None
-  argv = ["--model", MODEL, "--batch-size", "auto", "--batch-sizes", "4,2", "--mode", "infer",
-          "--steps", "2", "--warmup", "1", "--json", "--peak-tflops", "0.1", "--attn-impl",
-          "cudnn", *TINY, *(["--vs-timm", "--jax-in-child"] if with_timm else [])]
+  argv = ["--model", MODEL, "--batch_size", "auto", "--batch_sizes", "4,2", "--mode", "infer",
+          "--steps", "2", "--warmup", "1", "--json", "--peak_tflops", "0.1", "--attn_impl",
+          "cudnn", *TINY, *(["--vs_timm", "--jax_in_child"] if with_timm else [])]
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # for the child
   result = benchmark.main(argv)
   stdout = capsys.readouterr().out
@@ -186,22 +189,22 @@ def test_batch_size_auto_sweep(capsys, monkeypatch):
 
 
 def test_attn_impl_dot_product_and_timm_compile():
-  """--attn-impl dot_product is used and reported; --timm-compile runs timm's model under
+  """--attn_impl dot_product is used and reported; --timm_compile runs timm's model under
   torch.compile (on CPU that needs a C++ compiler: otherwise that part is skipped)."""
   compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
   timm_compile = importlib.util.find_spec("timm") is not None and compiler
-  proc = _cli("--model", MODEL, "--batch-size", "4", "--mode", "infer", "--steps", "2",
-              "--warmup", "1", "--json", "--peak-tflops", "0.1", "--attn-impl", "dot_product",
-              *TINY, *(["--vs-timm", "--timm-compile"] if timm_compile else []), timeout=400)
+  proc = _cli("--model", MODEL, "--batch_size", "4", "--mode", "infer", "--steps", "2",
+              "--warmup", "1", "--json", "--peak_tflops", "0.1", "--attn_impl", "dot_product",
+              *TINY, *(["--vs_timm", "--timm_compile"] if timm_compile else []), timeout=400)
   result = _json(proc)
   assert result["attn_impl"] == "dot_product" and "attention dot_product" in proc.stdout
   assert result["images_per_sec"] > 0 and "sweep" not in result
   if not timm_compile:
-    pytest.skip("--timm-compile untested: needs timm and a C++ compiler for torch.compile")
+    pytest.skip("--timm_compile untested: needs timm and a C++ compiler for torch.compile")
   assert result["timm_compiled"] is True and result["timm_images_per_sec"] > 0
   assert result["timm_batch_size"] == 4 and "torch.compile" in proc.stdout
   # Our JSON line is printed once more before timm runs, in case timm never finishes.
-  first = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][0])
+  first = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][0])
   assert "timm_images_per_sec" not in first and first["images_per_sec"] > 0
 
 
@@ -211,15 +214,16 @@ def test_gpu_benchmark_dry_run(tmp_path):
                          "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                         env=dict(os.environ, PYTHON="python3", OUT=str(out)))
   assert proc.returncode == 0, proc.stderr
-  commands = [l for l in proc.stdout.splitlines() if "-m deit_jax.benchmark" in l]
+  commands = [line for line in proc.stdout.splitlines()
+              if "-m deit_jax.bench.benchmark" in line]
   assert len(commands) == 4, proc.stdout
   cases = set()
   for line in commands:
     words = line.split()
-    for flag in ("--vs-timm", "--timm-compile", "--json"):
+    for flag in ("--vs_timm", "--timm_compile", "--json"):
       assert flag in words, line
     assert words[words.index("--dtype") + 1] == "bfloat16"
-    assert words[words.index("--batch-size") + 1] == "auto"
+    assert words[words.index("--batch_size") + 1] == "auto"
     assert words[0] == "timeout" and "python3" in words
     cases.add((words[words.index("--model") + 1], words[words.index("--mode") + 1]))
   assert cases == {(m, mode) for m in ("deit_small_distilled_patch16_224",
@@ -241,19 +245,19 @@ def test_sweep_stops_at_out_of_memory(monkeypatch, capsys):
     return {"batch_size": b, "images_per_sec": speeds[b], "step_ms": 1.0, "compile_s": 0.1}, impl
 
   monkeypatch.setattr(benchmark, "_bench_jax", fake)
-  args = benchmark.parse_args(["--model", MODEL, "--batch-size", "auto", "--batch-sizes",
+  args = benchmark.parse_args(["--model", MODEL, "--batch_size", "auto", "--batch_sizes",
                                "16,8,2,4,32"])
   result = benchmark._sweep(args, "xla", {}, None, None)
   assert result["batch_size"] == 4 and result["images_per_sec"] == 300.0
   assert [e["batch_size"] for e in result["sweep"]] == [2, 4, 8]
   assert result["sweep_stopped"] == "out of memory at batch 16"
   assert "batch 16     out of memory" in capsys.readouterr().out
-  args = benchmark.parse_args(["--model", MODEL, "--batch-size", "auto", "--batch-sizes", "1"])
+  args = benchmark.parse_args(["--model", MODEL, "--batch_size", "auto", "--batch_sizes", "1"])
   with pytest.raises(benchmark.BenchError, match="out of memory already at batch size 1"):
     benchmark._sweep(args, "xla", {}, None, None)
 
   torch = pytest.importorskip("torch")
-  from deit_jax import benchmark_timm
+  from deit_jax.bench import vs_timm as benchmark_timm
   tried = []
 
   def fake_run(name, overrides, mode, dtype, b, *rest):
@@ -274,7 +278,7 @@ def test_sweep_stops_at_out_of_memory(monkeypatch, capsys):
 def test_time_steps_dispatches_back_to_back():
   """Timed steps run as the trainer runs them: no wait between dispatches, one sync per
   window (and one per warm-up step), and the mean is over every timed step."""
-  from deit_jax.benchmark_timm import time_steps  # pylint: disable=import-outside-toplevel
+  from deit_jax.bench.vs_timm import time_steps  # pylint: disable=import-outside-toplevel
   calls = []
   mean, windows = time_steps(lambda: calls.append("d"), lambda: calls.append("s"),
                              warmup=2, steps=7)

@@ -173,7 +173,7 @@ def test_cli_writes_checkpoint_that_restores(tmp_path, capsys):
   reference, path = _tiny_state_dict(tmp_path)
   out = tmp_path / "converted"
   args = [str(path), "--model", "deit_tiny_distilled_patch16_224", "--out", str(out),
-          "--num-classes", "10"]
+          "--num_classes", "10"]
   assert convert.main(args) == 0
   assert "wrote deit_tiny_distilled_patch16_224" in capsys.readouterr().out
   restored = checkpoint.load_model(out)

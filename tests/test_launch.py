@@ -141,7 +141,8 @@ def test_train_checks_for_a_live_trainer_then_starts_one_per_worker():
   assert "log=logs/train_$(hostname).log;" in words
   words = shlex.split(_remote(_dry("train", *BASE, "--config=configs/x.py",
                                    "--workdir=gs://b/runs/x", "--data-dir=gs://b/tfds")[1]))
-  assert {"TFDS_DATA_DIR=gs://b/tfds", "--config=configs/x.py", "--workdir=gs://b/runs/x"} <= set(words)
+  assert {"TFDS_DATA_DIR=gs://b/tfds", "--config=configs/x.py",
+          "--workdir=gs://b/runs/x"} <= set(words)
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -216,7 +217,8 @@ def test_without_dry_run_gcloud_gets_what_dry_run_prints(tmp_path, alive):
   (tmp_path / "bin" / "gcloud").write_text(
       f"#!{sys.executable}\nimport json, sys\n"
       f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-      f"if any('ALIVE:' in a for a in sys.argv): print({'ALIVE:t1-w-1' if alive else 'idle:x'!r})\n")
+      f"if any('ALIVE:' in a for a in sys.argv): "
+      f"print({'ALIVE:t1-w-1' if alive else 'idle:x'!r})\n")
   (tmp_path / "bin" / "gcloud").chmod(0o755)
   env = _env()
   env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
@@ -369,7 +371,7 @@ def test_reproduction_report_from_results(tmp_path):
   assert "| hard | 2 | 82.50 +- 0.50 | 82.00 +- 0.50 | 83.00 +- 0.50 | 80.00 +- 0.00 |" in table
   assert table.index("| none |") < table.index("| hard |")
   try:
-    import matplotlib  # pylint: disable=import-outside-toplevel,unused-import
+    import matplotlib  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
     assert "no matplotlib" in out
   else:
@@ -399,7 +401,7 @@ def test_reproduction_bad_inputs_are_one_line_errors(tmp_path):
                       f"--figure={tmp_path / 'blocker' / 'fm.png'}"],
                      capture_output=True, text=True)
   try:
-    import matplotlib  # pylint: disable=import-outside-toplevel,unused-import
+    import matplotlib  # noqa: F401  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
     assert p.returncode == 0 and "no matplotlib" in p.stdout
     return

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.depth=1", "--config.model.embed_dim=32", "--config.model.num_heads=2",
@@ -172,3 +174,46 @@ def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, straight, tmp
   assert result["num_examples"] == 10000
   assert abs(result["top1"] - trained["eval_top1"]) < 1e-6
   assert abs(result["loss"] - trained["eval_loss"]) < 1e-4
+
+
+def test_finetune_to_new_classes_and_resolution(fmnist_data_dir, tmp_path):
+  """A distilled 10-class 28px model fine-tuned on 3 classes at 32px (with a 3-class
+  online teacher): both heads re-initialised, pos_embed resampled, every other weight
+  taken as it is (lr 0)."""
+  from deit_jax import checkpoint
+  from deit_jax.convert import resample_pos_embed
+  from deit_jax.models import create_model
+  small = dict(patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2)
+  name = "deit_tiny_distilled_patch16_224"
+  upstream = create_model(name, seed=7, num_classes=10, img_size=28, **small)
+  checkpoint.save_model(tmp_path / "upstream", upstream, name=name,
+                        overrides=dict(num_classes=10, img_size=28, **small))
+  teacher = "deit_tiny_patch16_224"
+  checkpoint.save_model(tmp_path / "teacher", create_model(teacher, num_classes=3, img_size=32,
+                                                           **small),
+                        name=teacher, overrides=dict(num_classes=3, img_size=32, **small))
+  out = _run(tmp_path / "downstream", fmnist_data_dir, f"--config.model.name={name}",
+             f"--config.init_from={tmp_path / 'upstream'}", "--config.subset.classes=5,6,7",
+             "--config.subset.per_class=20", "--config.num_classes=3",
+             "--config.model.img_size=32", "--config.aug.image_size=32",
+             "--config.aug.crop=rrc", "--config.distill.type=hard",
+             f"--config.distill.teacher={tmp_path / 'teacher'}", "--config.total_steps=2",
+             "--config.optimizer.lr=0", "--config.optimizer.warmup_lr=0",
+             "--config.optimizer.min_lr=0", "--config.eval_every_steps=-1")
+  assert ("re-initialised ['head']['bias'], ['head']['kernel'], ['head_dist']['bias'], "
+          "['head_dist']['kernel'] (checkpoint predicts 10 classes, this run 3); position "
+          "embedding resampled 51 -> 66 tokens") in out.stdout, out.stdout
+  tuned = _final_params(tmp_path / "downstream", step=2)
+  source = nnx.to_pure_dict(nnx.state(upstream, nnx.Param))
+  assert tuned["head"]["kernel"].shape == tuned["head_dist"]["kernel"].shape == (32, 3)
+  np.testing.assert_array_equal(tuned["pos_embed"], resample_pos_embed(
+      np.asarray(source["pos_embed"]), 2, 8))
+  for key in ("cls_token", "dist_token", "blocks", "norm", "patch_embed"):
+    _assert_bitwise_equal(tuned[key], jax.tree.map(np.asarray, source[key]))
+
+
+def test_init_from_another_architecture_is_one_line(fmnist_data_dir, straight, tmp_path):
+  out = _run(tmp_path / "run", fmnist_data_dir, f"--config.init_from={straight}",
+             "--config.model.depth=2", check=False)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(f"error: init_from {straight}")

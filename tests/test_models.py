@@ -8,7 +8,7 @@ from flax import nnx
 
 from deit_jax.models import LOGICAL_AXES, create_model, list_models, model_config
 
-# REFERENCE.md section 1 (plain / distilled).
+# Parameter counts of timm's models of the same names (plain / distilled).
 PARAM_COUNTS = {
     "deit_tiny_patch16_224": 5_717_416,
     "deit_tiny_distilled_patch16_224": 5_910_800,

@@ -29,3 +29,26 @@ def test_warmup_cosine_endpoints():
   assert float(schedule(1000)) == pytest.approx(1e-5, rel=1e-4)
   values = np.array([float(schedule(s)) for s in range(50, 1001, 50)])
   assert np.all(np.diff(values) < 0)
+
+
+def test_sgd_matches_pytorch_nesterov_with_coupled_weight_decay():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  params = {"kernel": rng.normal(size=(4, 3)).astype(np.float32),
+            "bias": rng.normal(size=(3,)).astype(np.float32)}
+  grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+           for _ in range(3)]
+  tx = optim.sgd(lambda step: 0.1, params, weight_decay=0.01, momentum=0.9)
+  state, ours = tx.init(params), dict(params)
+  for g in grads:
+    updates, state = tx.update(g, state, ours)
+    ours = jax.tree.map(lambda p, u: p + u, ours, updates)
+  kernel, bias = (torch.tensor(params[k]).requires_grad_() for k in ("kernel", "bias"))
+  reference = torch.optim.SGD([{"params": [kernel], "weight_decay": 0.01},
+                               {"params": [bias], "weight_decay": 0.0}],
+                              lr=0.1, momentum=0.9, nesterov=True)
+  for g in grads:
+    kernel.grad, bias.grad = torch.tensor(g["kernel"]), torch.tensor(g["bias"])
+    reference.step()
+  np.testing.assert_allclose(ours["kernel"], kernel.detach().numpy(), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ours["bias"], bias.detach().numpy(), rtol=1e-6, atol=1e-7)

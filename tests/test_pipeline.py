@@ -59,13 +59,13 @@ def test_fashion_mnist_batches_shapes_and_ranges(fmnist_train):
   assert (fmnist_train.num_examples, fmnist_train.num_classes) == (60000, 10)
   config = pipeline.AugmentConfig(**FMNIST, randaugment=None, repeated_aug=1,
                                   random_erasing=0.0)
-  batch = next(pipeline.TrainIterator(fmnist_train, config, pipeline.Sharding(64), seed=0))
+  batch = next(pipeline.TrainIterator(fmnist_train, config, pipeline.HostSlice(64), seed=0))
   assert batch["image"].shape == (64, 28, 28, 1) and batch["image"].dtype == np.float32
   assert batch["label"].dtype == np.int64 and batch["label"].max() < 10
   assert -1.0 < batch["image"].min() < -0.7 and 1.5 < batch["image"].max() < 2.1
   rgb = pipeline.AugmentConfig(**{**FMNIST, "in_chans": 3, "mean": (0.286,) * 3,
                                   "std": (0.353,) * 3})
-  batch = next(pipeline.TrainIterator(fmnist_train, rgb, pipeline.Sharding(60), seed=0))
+  batch = next(pipeline.TrainIterator(fmnist_train, rgb, pipeline.HostSlice(60), seed=0))
   assert batch["image"].shape == (60, 28, 28, 3)
 
 
@@ -73,31 +73,31 @@ def test_epoch_is_a_permutation(fmnist_test):
   config = pipeline.AugmentConfig(**FMNIST, randaugment=None, random_erasing=0.0,
                                   repeated_aug=1)
   ids = np.concatenate([b["id"] for b in _collect(
-      pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(1000), seed=3), 10)])
+      pipeline.TrainIterator(fmnist_test, config, pipeline.HostSlice(1000), seed=3), 10)])
   assert len(np.unique(ids)) == 10000
-  next_epoch = next(pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(1000), seed=3,
+  next_epoch = next(pipeline.TrainIterator(fmnist_test, config, pipeline.HostSlice(1000), seed=3,
                                            start_step=10))["id"]
   assert not np.array_equal(next_epoch, ids[:1000])  # a fresh permutation per epoch
 
 
 def test_repeated_augmentation_layout(fmnist_test):
   config = pipeline.AugmentConfig(**FMNIST, repeated_aug=3)
-  batch = next(pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(96), seed=0))
+  batch = next(pipeline.TrainIterator(fmnist_test, config, pipeline.HostSlice(96), seed=0))
   ids, images = batch["id"].reshape(3, 32), batch["image"].reshape(3, 32, -1)
   assert (ids == ids[0]).all() and len(np.unique(ids[0])) == 32
   assert not np.allclose(images[0], images[1])  # independent augmentations of each copy
   steps = pipeline.steps_per_epoch(10000, 96)
   seen = np.concatenate([b["id"][:32] for b in _collect(
-      pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(96), seed=0), steps)])
+      pipeline.TrainIterator(fmnist_test, config, pipeline.HostSlice(96), seed=0), steps)])
   assert len(np.unique(seen)) == steps * 32  # an epoch covers ~1/3 of the unique images
 
 
 def test_global_batch_is_independent_of_process_count(fmnist_test):
   config = pipeline.AugmentConfig(**FMNIST)
-  single = _collect(pipeline.TrainIterator(fmnist_test, config, pipeline.Sharding(48), seed=1),
+  single = _collect(pipeline.TrainIterator(fmnist_test, config, pipeline.HostSlice(48), seed=1),
                     3)
   parts = [_collect(pipeline.TrainIterator(fmnist_test, config,
-                                           pipeline.Sharding(48, p, 2), seed=1), 3)
+                                           pipeline.HostSlice(48, p, 2), seed=1), 3)
            for p in range(2)]
   for step in range(3):
     for key in ("image", "label", "id"):
@@ -108,13 +108,13 @@ def test_global_batch_is_independent_of_process_count(fmnist_test):
 def test_exact_resume(fmnist_train):
   config = pipeline.AugmentConfig(**{**FMNIST, "in_chans": 3, "mean": (0.286,) * 3,
                                      "std": (0.353,) * 3})
-  straight = _collect(pipeline.TrainIterator(fmnist_train, config, pipeline.Sharding(30),
+  straight = _collect(pipeline.TrainIterator(fmnist_train, config, pipeline.HostSlice(30),
                                              seed=7), 6)
-  first = pipeline.TrainIterator(fmnist_train, config, pipeline.Sharding(30), seed=7)
+  first = pipeline.TrainIterator(fmnist_train, config, pipeline.HostSlice(30), seed=7)
   _collect(first, 4)
   state = first.state()
   assert state == {"step": 4}
-  resumed = _collect(pipeline.TrainIterator(fmnist_train, config, pipeline.Sharding(30),
+  resumed = _collect(pipeline.TrainIterator(fmnist_train, config, pipeline.HostSlice(30),
                                             seed=7, start_step=state["step"]), 2)
   for a, b in zip(straight[4:], resumed):
     for key in a:
@@ -127,7 +127,7 @@ def test_eval_counts_every_example_once(fmnist_test, processes):
   ids, labels = [], []
   for p in range(processes):
     for batch in pipeline.eval_dataset(fmnist_test, config,
-                                       pipeline.Sharding(768, p, processes)).as_numpy_iterator():
+                                       pipeline.HostSlice(768, p, processes)).as_numpy_iterator():
       assert batch["image"].shape == (768 // processes, 28, 28, 1)
       ids.append(batch["id"][batch["mask"]])
       labels.append(batch["label"][batch["mask"]])
@@ -153,10 +153,10 @@ def test_image_folder_full_recipe(image_folder):
   assert (source.num_examples, source.num_classes) == (18, 3)
   assert source.class_names == ("cat", "dog", "emu")
   config = pipeline.AugmentConfig(image_size=64)  # RRC + flip + RandAugment + erasing, x3
-  batch = next(pipeline.TrainIterator(source, config, pipeline.Sharding(12), seed=0))
+  batch = next(pipeline.TrainIterator(source, config, pipeline.HostSlice(12), seed=0))
   assert batch["image"].shape == (12, 64, 64, 3) and np.isfinite(batch["image"]).all()
   val = sources.open_source(f"imagefolder:{image_folder}", "val")
-  ds = pipeline.eval_dataset(val, pipeline.AugmentConfig(image_size=64), pipeline.Sharding(4))
+  ds = pipeline.eval_dataset(val, pipeline.AugmentConfig(image_size=64), pipeline.HostSlice(4))
   masks = [b["mask"] for b in ds.as_numpy_iterator()]
   assert sum(m.sum() for m in masks) == 9
 
@@ -170,7 +170,7 @@ def test_corrupt_image_is_skipped_and_counted(image_folder, tmp_path, caplog):
   (root / "train" / "cat" / "000.jpg").write_bytes(b"not an image at all")
   source = sources.open_source(f"imagefolder:{root}", "train")
   config = pipeline.AugmentConfig(image_size=32, repeated_aug=1)
-  iterator = pipeline.TrainIterator(source, config, pipeline.Sharding(6), seed=0)
+  iterator = pipeline.TrainIterator(source, config, pipeline.HostSlice(6), seed=0)
   with caplog.at_level(logging.WARNING):
     batches = _collect(iterator, 6)
   assert all(b["image"].shape == (6, 32, 32, 3) for b in batches)
@@ -209,9 +209,9 @@ def test_bad_augment_configs():
   with pytest.raises(ValueError, match="bad RandAugment spec"):
     pipeline.AugmentConfig(randaugment="rand-x")
   with pytest.raises(ValueError, match="not divisible by repeated_aug 3"):
-    pipeline.train_positions(100, pipeline.Sharding(10), seed=0, repeats=3)
+    pipeline.train_positions(100, pipeline.HostSlice(10), seed=0, repeats=3)
   with pytest.raises(ValueError, match="larger than the split"):
-    pipeline.train_positions(5, pipeline.Sharding(9), seed=0, repeats=3)
+    pipeline.train_positions(5, pipeline.HostSlice(9), seed=0, repeats=3)
 
 
 def test_random_access_source_equals_in_memory(fmnist_data_dir):
@@ -220,9 +220,9 @@ def test_random_access_source_equals_in_memory(fmnist_data_dir):
                                       in_memory_limit_bytes=0)
   assert random_access.encoded and not in_memory.encoded
   config = pipeline.AugmentConfig(**FMNIST)
-  a = next(pipeline.eval_dataset(in_memory, config, pipeline.Sharding(50)).as_numpy_iterator())
+  a = next(pipeline.eval_dataset(in_memory, config, pipeline.HostSlice(50)).as_numpy_iterator())
   b = next(pipeline.eval_dataset(random_access, config,
-                                 pipeline.Sharding(50)).as_numpy_iterator())
+                                 pipeline.HostSlice(50)).as_numpy_iterator())
   for key in ("image", "label", "id"):
     np.testing.assert_array_equal(a[key], b[key])
 

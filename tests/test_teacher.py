@@ -79,14 +79,14 @@ def test_join_by_id_under_shuffling_and_two_processes(fmnist_data_dir, tmp_path)
                                   repeated_aug=2)
   global_ids = {}
   for p in range(2):
-    it = pipeline.TrainIterator(source, config, pipeline.Sharding(32, p, 2), seed=3,
+    it = pipeline.TrainIterator(source, config, pipeline.HostSlice(32, p, 2), seed=3,
                                 start_step=5)
     for step in range(3):
       batch = next(it)
       np.testing.assert_allclose(logits.lookup(batch["id"]), _logits_of(batch["id"]),
                                  atol=4e-3)
       global_ids.setdefault(step, []).append(batch["id"])
-  single = pipeline.TrainIterator(source, config, pipeline.Sharding(32), seed=3, start_step=5)
+  single = pipeline.TrainIterator(source, config, pipeline.HostSlice(32), seed=3, start_step=5)
   for step in range(3):
     np.testing.assert_array_equal(np.concatenate(global_ids[step]), next(single)["id"])
 
@@ -109,7 +109,7 @@ def test_crop_consistent_views_replay_exactly(fmnist_data_dir, tmp_path):
   teacher_images = np.concatenate(seen).reshape(40, 3, 28, 28, 1)
   views = logits.views
   assert views.shape == (40, 3, 5) and len(np.unique(views.reshape(-1, 5), axis=0)) > 20
-  it = pipeline.TrainIterator(source, config, pipeline.Sharding(20), seed=1, views=views)
+  it = pipeline.TrainIterator(source, config, pipeline.HostSlice(20), seed=1, views=views)
   chosen = []
   for _ in range(4):
     batch = next(it)
@@ -122,8 +122,8 @@ def test_crop_consistent_views_replay_exactly(fmnist_data_dir, tmp_path):
   assert set(chosen) == {0, 1, 2}
 
 
-def _tiny_setup(distill="hard"):
-  model = create_model("deit_tiny_distilled_patch16_224", img_size=16, patch_size=8,
+def _tiny_setup(distill="hard", student="deit_tiny_distilled_patch16_224"):
+  model = create_model(student, img_size=16, patch_size=8,
                        in_chans=1, embed_dim=16, depth=1, num_heads=2, num_classes=10)
   teacher = create_model("cifar_resnet8", img_size=16, in_chans=1, num_classes=10, seed=4)
   tx = optax.adamw(1e-3)
@@ -132,8 +132,10 @@ def _tiny_setup(distill="hard"):
   return model, teacher, tx, state, loss_config
 
 
-def test_online_teacher_gets_no_gradient_and_matches_precomputed():
-  model, teacher, tx, state, loss_config = _tiny_setup()
+@pytest.mark.parametrize("student", ["deit_tiny_distilled_patch16_224",
+                                     "deit_tiny_patch16_224"])  # class token only
+def test_online_teacher_gets_no_gradient_and_matches_precomputed(student):
+  model, teacher, tx, state, loss_config = _tiny_setup(student=student)
   teacher.eval()
   images = jax.random.normal(jax.random.key(0), (8, 16, 16, 1))
   labels = jnp.arange(8) % 10

@@ -97,12 +97,36 @@ def test_ema_tracks_parameters():
 def test_step_with_mixup_trains():
   step, state = _setup(mixup_config=mixup.MixupConfig())
   losses = []
-  for i in range(8):
+  for _ in range(8):
     state, metrics = step(state, _batch(0))
     losses.append(float(metrics["train_loss"]))
   assert losses[-1] < losses[0] and int(state.step) == 8
   assert set(metrics) >= {"train_loss", "loss_base", "loss_distill", "train_accuracy",
                           "grad_norm", "lr"}
+
+
+def test_plain_model_trains_with_hard_distillation_on_its_class_token():
+  model = create_model("deit_tiny_patch16_224", **SMALL)
+  schedule = optim.warmup_cosine(1e-3, 100, 2)
+  tx = optim.adamw(schedule, nnx.to_pure_dict(ts.split_model(model)[1]))
+  step = jax.jit(ts.make_train_step(ts.ModelDef.of(model), tx, schedule,
+                                    ts.LossConfig(10, "hard"), None, ema_decay=0.0))
+  state = ts.init_state(model, tx, seed=0, ema=False)
+  batch = _batch()
+  logits = np.asarray(model(batch["image"]), np.float64)  # no dropout: train == eval
+  log_p = logits - logits.max(1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+  rows = np.arange(8)
+  smoothed = 0.9 * -log_p[rows, np.asarray(batch["label"])] + 0.1 * -log_p.mean(1)
+  to_teacher = -log_p[rows, np.asarray(batch["teacher_logits"]).argmax(1)]
+  new, metrics = step(state, batch)
+  np.testing.assert_allclose([metrics["loss_base"], metrics["loss_distill"]],
+                             [smoothed.mean(), to_teacher.mean()], rtol=1e-5)
+  np.testing.assert_allclose(metrics["train_loss"],
+                             0.5 * (smoothed.mean() + to_teacher.mean()), rtol=1e-5)
+  for _ in range(5):
+    new, later = step(new, batch)
+  assert float(later["loss_distill"]) < float(metrics["loss_distill"])
 
 
 def test_mesh_shape_resolution_and_errors():

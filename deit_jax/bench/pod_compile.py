@@ -5,8 +5,8 @@ train_compile.py does), and reports whether they fit.
     python -m deit_jax.bench.pod_compile --config=configs/deit_base.py --topology=v4-32 \
         [--config.key=value ...] [--search=false] [--json]
 
-The steps are built by ``deit_jax.main.build_steps``, i.e. exactly as the trainer builds
-them: model factory, AdamW and schedule, state shardings over the config's mesh
+The steps are built by the run builder (``deit_jax.builder``), i.e. exactly as the trainer
+builds them: model factory, optimizer and schedule, state shardings over the config's mesh
 (data / fsdp / tensor), the jitted step with donation, the global batch; with
 ``distill.teacher`` set, the online teacher runs inside the train step (its architecture
 comes from the checkpoint, or ``distill.teacher`` may name a registered model).
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import re
@@ -39,9 +40,16 @@ for _key, _value in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY",
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from absl import flags  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
 
-from deit_jax import sharding  # noqa: E402
-from deit_jax.cli import UserError  # noqa: E402
+from deit_jax import builder, checkpoint, cli, sharding, train_step as ts  # noqa: E402
+from deit_jax.bench import hlo_stats  # noqa: E402
+from deit_jax.bench.benchmark import analytic_forward_flops  # noqa: E402
+from deit_jax.errors import ConfigError, UserError  # noqa: E402
+from deit_jax.models import create_model, list_models, model_config  # noqa: E402
+from deit_jax.teacher.feed import TRAIN_KEYS, Teacher  # noqa: E402
 
 GIB = 2.0 ** 30
 
@@ -104,7 +112,6 @@ def topology_devices(topology: Topology):
   if importlib.util.find_spec("libtpu") is None:
     raise UserError("compiling for a TPU needs libtpu: pip install -e '.[tpu]' "
                     "(or bash launch/setup.sh tpu)")
-  from jax.experimental import topologies
   os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.name)  # quiets libtpu's guess
   three_d = len(topology.shape) == 3
   wrap = tuple(three_d and topology.chips >= 64 or (not three_d and d == 16)
@@ -123,42 +130,42 @@ def topology_devices(topology: Topology):
 # Building and compiling the trainer's steps
 # ---------------------------------------------------------------------------
 
-class _Teacher:
-  """What ``build_steps`` needs of a ``TeacherFeed``, without data or teacher weights."""
+class AbstractTeacher(Teacher):
+  """The trainer's teacher strategy (``deit_jax.teacher.feed``) without data or teacher
+  weights: precomputed logits are one more batch key; an online teacher contributes its
+  graph, the shardings of its weights and, as the train step's extra argument, their
+  shapes (``step_args``)."""
 
   def __init__(self, config, mesh):
-    from deit_jax import train_step as ts
+    super().__init__(TRAIN_KEYS)
     d = config.distill
-    self.model_def = self.sharding = self.abstract = None
-    self.batch_keys = ("image", "label")
-    self.name = None
+    self.name = self.forward_flops = None
     if d.type == "none":
       return
     if not d.get("teacher", ""):   # precomputed logits: an input of the step
-      self.batch_keys += ("teacher_logits",)
+      self.keys += ("teacher_logits",)
       return
     model = _teacher_model(d.teacher, config)
     self.name = d.teacher
     self.model_def = ts.ModelDef.of(model)
     self.sharding = ts.model_shardings(model, mesh)
     templates = (self.model_def.params_template, self.model_def.rest_template)
-    from flax import nnx
-    self.abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        tuple(nnx.to_pure_dict(t) for t in templates), self.sharding)
-    self.forward_flops = _forward_flops(model.config)
+    self.step_args = (_abstract(tuple(nnx.to_pure_dict(t) for t in templates),
+                                self.sharding),)
+    self.forward_flops = analytic_forward_flops(model.config)
 
 
 def _teacher_model(spec: str, config):
   """The online teacher's (abstract) model: a checkpoint/model directory, as the trainer
   loads it, or a registered model name."""
-  from flax import nnx
-
-  from deit_jax import checkpoint
-  from deit_jax.models import create_model, list_models, model_config
   dtype = config.distill.get("teacher_dtype", "bfloat16")
   if spec not in list_models():
-    return checkpoint.load_trained_model(spec, dtype=dtype)[0]
+    model = checkpoint.load_trained_model(spec, dtype=dtype)[0]
+    classes = getattr(model.config, "num_classes", None)
+    if classes != config.num_classes:
+      raise ConfigError(f"teacher {spec} predicts {classes} classes, config.num_classes is "
+                        f"{config.num_classes}")
+    return model
   settings = dict(num_classes=config.num_classes, dtype=dtype)
   data = dict(img_size=config.aug.image_size, in_chans=config.aug.in_chans)
   try:  # the run's input geometry, where the architecture takes it
@@ -169,9 +176,32 @@ def _teacher_model(spec: str, config):
   return nnx.eval_shape(lambda: create_model(spec, **settings))
 
 
-def _forward_flops(model_config):
-  from deit_jax.benchmark import analytic_forward_flops
-  return analytic_forward_flops(model_config)
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """The trainer's steps of a config on a mesh, built by ``deit_jax.builder``."""
+  model: builder.Model
+  state_sharding: ts.TrainState
+  batch_sharding: jax.sharding.NamedSharding
+  init: object                 # jitted () -> TrainState
+  train_step: builder.TrainStep
+  eval_step: object            # jitted (params, rest, batch) -> sums
+
+
+def _trainer_steps(config, mesh, teacher: Teacher) -> Steps:
+  """The trainer's model, optimizer, state shardings and jitted steps, through the same
+  builder functions as ``deit_jax.main``. Nothing here touches data or device memory."""
+  model = builder.model_from_config(config)
+  # The schedule's length is a constant of the program: it changes no shape or cost.
+  tx, schedule, _ = builder.optimizer_from_config(config, model, steps_per_epoch=1000,
+                                                  total_steps=100_000)
+  state_sharding, init = builder.build_state(model, tx, mesh, seed=config.seed,
+                                             ema=config.ema_decay > 0)
+  train_step = builder.train_step_from_config(config, model, tx, schedule, state_sharding,
+                                              mesh, teacher)
+  eval_step = builder.build_eval_step(model.definition, state_sharding.params,
+                                      state_sharding.rest, mesh)
+  return Steps(model, state_sharding, sharding.batch_sharding(mesh), init, train_step,
+               eval_step)
 
 
 def _abstract(tree, shardings):
@@ -187,48 +217,39 @@ def _is_oom(error: Exception) -> bool:
 
 def compile_steps(config, topology: Topology, devices, *, which=("train", "eval")) -> dict:
   """Compiles the trainer's steps of ``config`` for ``topology``; one result per step."""
-  from deit_jax import main
   mesh = sharding.make_mesh(config.mesh.to_dict(), devices)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   batch = config.batch_size
   if batch % shards:
     raise UserError(f"global batch {batch} is not divisible by the {shards} batch shards "
                     f"(data x fsdp) of {topology.name} ({topology.chips} chips)")
-  teacher = _Teacher(config, mesh)
-  # The schedule's length is a constant of the program: it changes no shape or cost.
-  run = main.build_steps(config, mesh, steps_per_epoch=1000, total_steps=100_000,
-                         teacher=teacher)
-  model_config = _model_config(run)
+  teacher = AbstractTeacher(config, mesh)
+  run = _trainer_steps(config, mesh, teacher)
+  cfg = run.model.config
   state = _abstract(jax.eval_shape(run.init), run.state_sharding)
-  size, chans = model_config.img_size, model_config.in_chans
+  size, chans = cfg.img_size, cfg.in_chans
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=run.batch_sharding)
   images = spec((batch, size, size, chans), jnp.float32)
+  forward = analytic_forward_flops(cfg)
   results = {}
   if "train" in which:
     inputs = {"image": images, "label": spec((batch,), jnp.int32)}
     if "teacher_logits" in teacher.batch_keys:
       inputs["teacher_logits"] = spec((batch, config.num_classes), jnp.float32)
-    args = (state, inputs) + ((teacher.abstract,) if teacher.abstract else ())
-    forward = _forward_flops(model_config)
+    online = teacher.model_def is not None
     analytic = None if forward is None else 3 * forward + (
-        (teacher.forward_flops or math.nan) if teacher.abstract else 0)
-    results["train"] = _compile(run.train_step, args, topology, batch, analytic, inputs)
-    if teacher.abstract:
+        (teacher.forward_flops or math.nan) if online else 0)
+    results["train"] = _compile(lambda: run.train_step.compile(state, inputs), topology,
+                                batch, analytic, inputs)
+    if online:
       results["train"]["online_teacher"] = teacher.name
   if "eval" in which:
     inputs = {"image": images, "label": spec((batch,), jnp.int32),
               "mask": spec((batch,), jnp.bool_)}
-    forward = _forward_flops(model_config)
-    results["eval"] = _compile(run.eval_step, (state.params, state.rest, inputs), topology,
-                               batch, forward, inputs)
+    results["eval"] = _compile(
+        lambda: run.eval_step.lower(state.params, state.rest, inputs).compile(), topology,
+        batch, forward, inputs)
   return results
-
-
-def _model_config(run):
-  from flax import nnx
-
-  from deit_jax.models import create_model
-  return nnx.eval_shape(lambda: create_model(run.name, **run.overrides)).config
 
 
 def _shard_bytes(tree) -> int:
@@ -237,14 +258,14 @@ def _shard_bytes(tree) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def _compile(jitted, args, topology: Topology, batch: int, analytic_per_image,
+def _compile(compile_step, topology: Topology, batch: int, analytic_per_image,
              inputs) -> dict:
-  """Compiles and measures one step; ``inputs`` are its batch arguments, whose per-chip
-  bytes are told apart from the rest of the arguments (the state)."""
-  from deit_jax.bench import hlo_stats
+  """Compiles (``compile_step()``) and measures one step; ``inputs`` are its batch
+  arguments, whose per-chip bytes are told apart from the rest of the arguments (the
+  state)."""
   start = time.perf_counter()
   try:
-    compiled = jitted.lower(*args).compile()
+    compiled = compile_step()
   except Exception as e:  # pylint: disable=broad-except
     if not _is_oom(e):
       raise
@@ -420,7 +441,8 @@ def report(r: dict) -> str:
         f"  HBM per chip   {_gib(m['arguments'])} arguments + {_gib(m['temporaries'])} "
         f"temporaries + {_gib(m['outputs'])} outputs + {_gib(m['code'])} code = "
         f"{_gib(m['total'])} of {_gib(s['capacity_bytes'])}: "
-        f"{'fits' if s['fits'] else 'DOES NOT FIT'} ({100 * m['total'] / s['capacity_bytes']:.0f}%)",
+        f"{'fits' if s['fits'] else 'DOES NOT FIT'} "
+        f"({100 * m['total'] / s['capacity_bytes']:.0f}%)",
         f"  FLOPs/image    XLA {s['xla_flops_per_image'] / 1e9:.2f} GFLOP, analytic "
         + (f"{s['analytic_flops_per_image'] / 1e9:.2f} GFLOP"
            + (" (3 x forward)" if name == "train" else "")
@@ -454,10 +476,7 @@ def report(r: dict) -> str:
   return "\n".join(lines)
 
 
-def _main(config) -> None:
-  import json
-
-  from absl import flags
+def _run(config) -> None:
   FLAGS = flags.FLAGS
   unknown = set(FLAGS.steps) - {"train", "eval"}
   if unknown or not FLAGS.steps:
@@ -469,18 +488,19 @@ def _main(config) -> None:
     print(json.dumps(result, sort_keys=True), flush=True)
 
 
-if __name__ == "__main__":
-  from absl import flags as _flags
+def main() -> None:
+  cli.define_flags()
+  flags.DEFINE_string("topology", None, "Cloud TPU accelerator type: v4-8, v4-32, v5e-16 "
+                      "(= v5litepod-16), v5e-64, v5p-128, ...")
+  flags.DEFINE_list("steps", ["train", "eval"], "the steps to compile")
+  flags.DEFINE_bool("search", True, "search the largest per-chip batch that fits, with "
+                    "and without remat (several more compiles)")
+  flags.DEFINE_bool("per_block", False, "also count the train step's layout copies and "
+                    "transposes per transformer block (two more compiles, depth 1 and 2)")
+  flags.DEFINE_bool("json", False, "print one JSON object as the last line")
+  flags.mark_flag_as_required("topology")
+  cli.run(_run)
 
-  from deit_jax import cli as _cli
-  _cli.define_flags()
-  _flags.DEFINE_string("topology", None, "Cloud TPU accelerator type: v4-8, v4-32, v5e-16 "
-                       "(= v5litepod-16), v5e-64, v5p-128, ...")
-  _flags.DEFINE_list("steps", ["train", "eval"], "the steps to compile")
-  _flags.DEFINE_bool("search", True, "search the largest per-chip batch that fits, with "
-                     "and without remat (several more compiles)")
-  _flags.DEFINE_bool("per_block", False, "also count the train step's layout copies and "
-                     "transposes per transformer block (two more compiles, depth 1 and 2)")
-  _flags.DEFINE_bool("json", False, "print one JSON object as the last line")
-  _flags.mark_flag_as_required("topology")
-  _cli.run(_main)
+
+if __name__ == "__main__":
+  main()

@@ -17,6 +17,8 @@ import json
 import os
 import sys
 
+from absl import flags
+
 from deit_jax.bench import pod_compile
 
 CONFIGS = ("configs/deit_tiny.py", "configs/deit_small.py", "configs/deit_base.py",
@@ -76,7 +78,6 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-  from absl import flags
   flags.DEFINE_string("cache", "pod_table.jsonl", "JSON lines of finished cells (resumed)")
   flags.DEFINE_list("configs", list(CONFIGS), "config files (rows)")
   flags.DEFINE_list("topologies", list(TOPOLOGIES), "Cloud TPU accelerator types (columns)")

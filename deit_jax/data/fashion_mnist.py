@@ -13,6 +13,8 @@ import os
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist
 
+from deit_jax.errors import MissingDataError
+
 DEFAULT_MANUAL_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
     "train_data": "train-images-idx3-ubyte.gz",
@@ -41,7 +43,7 @@ class FashionMNISTFromManualDir(mnist.FashionMNIST, skip_registration=True):
     manual_dir = os.fspath(dl_manager.manual_dir)
     missing = missing_files(manual_dir)
     if missing:
-      raise FileNotFoundError(f"Fashion-MNIST files missing: {', '.join(missing)} "
+      raise MissingDataError(f"Fashion-MNIST files missing: {', '.join(missing)} "
                               "(apt-get install dataset-fashion-mnist, or set manual_dir)")
     extracted = dl_manager.extract({k: os.path.join(manual_dir, v) for k, v in FILES.items()})
     return [
@@ -63,7 +65,7 @@ def builder(data_dir: str | None = None, manual_dir: str = DEFAULT_MANUAL_DIR,
   if not ds_builder.is_prepared():
     missing = missing_files(manual_dir)
     if missing:
-      raise FileNotFoundError(f"Fashion-MNIST is not prepared in {ds_builder.data_dir} and "
+      raise MissingDataError(f"Fashion-MNIST is not prepared in {ds_builder.data_dir} and "
                               f"its source files are missing: {', '.join(missing)} "
                               "(apt-get install dataset-fashion-mnist, or pass manual_dir)")
     ds_builder.download_and_prepare(

@@ -1,4 +1,5 @@
-"""Host batches -> global jax.Arrays on the mesh, prefetched ahead of the train step."""
+"""Host batches -> global jax.Arrays on the mesh, prefetched ahead of the train step; the
+train and eval streams of a run with its teacher joined (``deit_jax.teacher.feed``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from typing import Iterable, Iterator
 
 import jax
 import numpy as np
+
+from deit_jax.data import pipeline
+from deit_jax.sharding import batch_sharding
 
 
 def to_global(batch: dict[str, np.ndarray],
@@ -35,3 +39,19 @@ def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
   while queue:
     yield queue.popleft()
     enqueue(1)
+
+
+def train_batches(source, augment, host: pipeline.HostSlice, mesh, teacher, *, seed: int,
+                  start_step: int):
+  """Device batches of the train stream from ``start_step``, joined with the teacher."""
+  iterator = pipeline.TrainIterator(source, augment, host, seed=seed, start_step=start_step,
+                                    views=teacher.views)
+  return prefetch_to_device(map(teacher.join, iterator),
+                                    batch_sharding(mesh))
+
+
+def eval_batches(source, augment, host: pipeline.HostSlice, mesh, teacher):
+  """Device batches of one pass over ``source`` (padded, masked), joined with the
+  (evaluation) teacher."""
+  batches = pipeline.eval_dataset(source, augment, host).as_numpy_iterator()
+  return prefetch_to_device(map(teacher.join, batches), batch_sharding(mesh))

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from deit_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class MixupConfig:
@@ -85,7 +87,7 @@ def _mirror(x: jax.Array, num_groups: int) -> jax.Array:
   """``x.flip(0)`` within each of ``num_groups`` contiguous groups of the batch."""
   b = x.shape[0]
   if b % num_groups or (b // num_groups) % 2:
-    raise ValueError(f"mixup needs an even number of examples per group: batch {b} in "
+    raise ConfigError(f"mixup needs an even number of examples per group: batch {b} in "
                      f"{num_groups} group(s)")
   grouped = x.reshape((num_groups, b // num_groups) + x.shape[1:])
   return jnp.flip(grouped, axis=1).reshape(x.shape)

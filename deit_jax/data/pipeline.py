@@ -11,9 +11,10 @@ augmentation is seeded by its global position (seed, s*B + j). Consequences: the
 global batch whatever the host count, and resuming is "start at step s" -- the iterator
 state is one integer.
 
-Train transform (REFERENCE.md section 3): RandomResizedCrop (JPEGs decode only the crop
-window) or, for small images, pad + random crop; horizontal flip; RandAugment; normalise;
-random erasing. Mixup/CutMix run on device in the train step (``data.mixup``).
+Train transform (DeiT paper Table 9; the official repo's timm transforms):
+RandomResizedCrop (JPEGs decode only the crop window) or, for small images, pad + random
+crop; horizontal flip; RandAugment; normalise; random erasing. Mixup/CutMix run on
+device in the train step (``data.mixup``).
 Eval: resize to int(size / crop_pct) + centre crop (or identity for small images); the
 last global batch is padded and carries ``mask`` so every example counts exactly once.
 """
@@ -29,6 +30,7 @@ import tensorflow as tf
 
 from deit_jax.data import randaugment, transforms
 from deit_jax.data.sources import Source
+from deit_jax.errors import ConfigError
 
 _INFINITE = 2 ** 62
 
@@ -53,21 +55,21 @@ class AugmentConfig:
 
   def __post_init__(self):
     if self.crop not in ("rrc", "pad_crop"):
-      raise ValueError(f"crop must be 'rrc' or 'pad_crop', got {self.crop!r}")
+      raise ConfigError(f"crop must be 'rrc' or 'pad_crop', got {self.crop!r}")
     if self.in_chans not in (1, 3):
-      raise ValueError(f"in_chans must be 1 or 3, got {self.in_chans}")
+      raise ConfigError(f"in_chans must be 1 or 3, got {self.in_chans}")
     if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
-      raise ValueError(f"mean/std need {self.in_chans} value(s) for in_chans={self.in_chans}, "
+      raise ConfigError(f"mean/std need {self.in_chans} value(s) for in_chans={self.in_chans}, "
                        f"got {self.mean} / {self.std}")
     if self.repeated_aug < 1:
-      raise ValueError(f"repeated_aug must be >= 1, got {self.repeated_aug}")
+      raise ConfigError(f"repeated_aug must be >= 1, got {self.repeated_aug}")
     if self.randaugment:
       randaugment.RandAugmentConfig.from_string(self.randaugment)  # fail early on bad specs
 
 
 @dataclasses.dataclass(frozen=True)
-class Sharding:
-  """Which slice of every global batch this process materialises."""
+class HostSlice:
+  """This process's slice of every global batch: rows [p*B/P, (p+1)*B/P)."""
 
   global_batch: int
   process_index: int = 0
@@ -75,12 +77,24 @@ class Sharding:
 
   def __post_init__(self):
     if self.global_batch % self.process_count:
-      raise ValueError(f"global batch {self.global_batch} is not divisible by the "
+      raise ConfigError(f"global batch {self.global_batch} is not divisible by the "
                        f"{self.process_count} processes")
 
   @property
   def local_batch(self) -> int:
     return self.global_batch // self.process_count
+
+
+Sharding = HostSlice  # the former name, until every caller says HostSlice
+
+# The per-example augmentation seeds: ``augmentation_seeds(seed)[SEED_*]``. Teacher
+# precompute draws crop-consistent views with the same slots, so they must not move.
+SEED_CROP, SEED_FLIP, SEED_RANDAUGMENT, SEED_ERASING, SEED_VIEW_CHOICE = range(5)
+_NUM_SEEDS = 5
+
+
+def augmentation_seeds(seed) -> tf.Tensor:
+  return tf.random.experimental.stateless_split(seed, _NUM_SEEDS)
 
 
 # ---------------------------------------------------------------------------
@@ -104,11 +118,6 @@ def _finish(image, config: AugmentConfig):
   return transforms.normalize(image, config.mean, config.std)
 
 
-# A view is int32 [top, left, height, width, flip]: the crop window in the coordinates of
-# the decoded image (rrc) or of the padded image (pad_crop), then the horizontal flip.
-VIEW_FIELDS = 5
-
-
 def _image_shape(image, source: Source):
   if not source.encoded:
     return tf.shape(image)[:2]
@@ -117,17 +126,19 @@ def _image_shape(image, source: Source):
 
 
 def sample_view(image, seeds, source: Source, config: AugmentConfig) -> tf.Tensor:
-  """Draws the geometric part of the train transform (crop window + flip) as a view."""
+  """Draws the geometric part of the train transform (crop window + flip) as a view:
+  int32 [top, left, height, width, flip], the crop window in the coordinates of the
+  decoded image (rrc) or of the padded image (pad_crop), then the horizontal flip."""
   size = config.image_size
   if config.crop == "rrc":
     shape = _image_shape(image, source)
-    window = transforms.random_resized_crop_window(shape[0], shape[1], seeds[0],
+    window = transforms.random_resized_crop_window(shape[0], shape[1], seeds[SEED_CROP],
                                                    config.rrc_scale, config.rrc_ratio)
   else:
-    offsets = tf.random.stateless_uniform((2,), seed=seeds[0], minval=0,
+    offsets = tf.random.stateless_uniform((2,), seed=seeds[SEED_CROP], minval=0,
                                           maxval=2 * config.pad + 1, dtype=tf.int32)
     window = tf.concat([offsets, [size, size]], 0)
-  flip = tf.random.stateless_uniform((), seed=seeds[1]) < 0.5 if config.hflip else False
+  flip = tf.random.stateless_uniform((), seed=seeds[SEED_FLIP]) < 0.5 if config.hflip else False
   return tf.concat([tf.cast(window, tf.int32), [tf.cast(flip, tf.int32)]], 0)
 
 
@@ -166,10 +177,10 @@ def photometric_transform(image, seeds, config: AugmentConfig):
   """What follows the geometry: RandAugment, normalisation, random erasing."""
   if config.randaugment:
     ra_config = randaugment.RandAugmentConfig.from_string(config.randaugment)
-    image = randaugment.rand_augment(image, seeds[2], ra_config)
+    image = randaugment.rand_augment(image, seeds[SEED_RANDAUGMENT], ra_config)
   image = _finish(image, config)
   if config.random_erasing > 0:
-    image = transforms.random_erasing(image, seeds[3], config.random_erasing)
+    image = transforms.random_erasing(image, seeds[SEED_ERASING], config.random_erasing)
   return image
 
 
@@ -180,11 +191,11 @@ def train_transform(example, seed, source: Source, config: AugmentConfig, views=
   random crop/flip by one of the example's K stored views, chosen by the seed; the view
   index (-1 without stored views) lets the host join the matching teacher logits.
   """
-  seeds = tf.random.experimental.stateless_split(seed, 5)
+  seeds = augmentation_seeds(seed)
   if views is None:
     view, choice = sample_view(example["image"], seeds, source, config), tf.constant(-1)
   else:
-    choice = tf.random.stateless_uniform((), seed=seeds[4], minval=0,
+    choice = tf.random.stateless_uniform((), seed=seeds[SEED_VIEW_CHOICE], minval=0,
                                          maxval=tf.shape(views)[1], dtype=tf.int32)
     view = tf.gather(views, example["id"])[choice]
   image = apply_view(example["image"], view, source, config)
@@ -208,22 +219,22 @@ def eval_transform(example, source: Source, config: AugmentConfig):
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   steps = num_examples // global_batch
   if steps == 0:
-    raise ValueError(f"global batch {global_batch} is larger than the split "
+    raise ConfigError(f"global batch {global_batch} is larger than the split "
                      f"({num_examples} examples)")
   return steps
 
 
-def train_positions(num_examples: int, sharding: Sharding, *, seed: int, repeats: int = 1,
+def train_positions(num_examples: int, host: HostSlice, *, seed: int, repeats: int = 1,
                     start_step: int = 0) -> tf.data.Dataset:
   """(index, augmentation seed, local position) of this process's examples from
   ``start_step`` on; local position k belongs to step k // local_batch."""
-  b = sharding.global_batch
+  b = host.global_batch
   if b % repeats:
-    raise ValueError(f"global batch {b} is not divisible by repeated_aug {repeats}")
+    raise ConfigError(f"global batch {b} is not divisible by repeated_aug {repeats}")
   spe = steps_per_epoch(num_examples, b)
   unique_per_step = b // repeats
-  local = sharding.local_batch
-  offset = sharding.process_index * local
+  local = host.local_batch
+  offset = host.process_index * local
 
   def locate(k):
     step = k // local
@@ -250,7 +261,7 @@ def _options(threads: int | None = None):
   return options
 
 
-def train_dataset(source: Source, config: AugmentConfig, sharding: Sharding, *, seed: int,
+def train_dataset(source: Source, config: AugmentConfig, host: HostSlice, *, seed: int,
                   start_step: int = 0, threads: int | None = None,
                   views=None) -> tf.data.Dataset:
   """Batches of {"image", "label", "id", "view", "position"} for this process, from
@@ -263,23 +274,23 @@ def train_dataset(source: Source, config: AugmentConfig, sharding: Sharding, *, 
     return {"image": image, "label": example["label"], "id": example["id"], "view": view,
             "position": position}
 
-  ds = train_positions(source.num_examples, sharding, seed=seed, repeats=config.repeated_aug,
+  ds = train_positions(source.num_examples, host, seed=seed, repeats=config.repeated_aug,
                        start_step=start_step)
   ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if source.encoded:  # a corrupt file is dropped (and counted by TrainIterator)
     ds = ds.ignore_errors()
-  ds = ds.batch(sharding.local_batch, drop_remainder=True)
+  ds = ds.batch(host.local_batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
 
 
-def eval_dataset(source: Source, config: AugmentConfig, sharding: Sharding) -> tf.data.Dataset:
+def eval_dataset(source: Source, config: AugmentConfig, host: HostSlice) -> tf.data.Dataset:
   """Every example once over all processes: padded batches with a boolean ``mask``."""
-  b, local = sharding.global_batch, sharding.local_batch
+  b, local = host.global_batch, host.local_batch
   num_batches = -(-source.num_examples // b)
   n = source.num_examples
 
   def locate(k):
-    step, j = k // local, sharding.process_index * local + k % local
+    step, j = k // local, host.process_index * local + k % local
     position = step * b + j
     return tf.minimum(position, n - 1), position < n
 
@@ -303,14 +314,14 @@ class TrainIterator:
   readable examples, so a resume replays exactly only on clean data).
   """
 
-  def __init__(self, source: Source, config: AugmentConfig, sharding: Sharding, *, seed: int,
+  def __init__(self, source: Source, config: AugmentConfig, host: HostSlice, *, seed: int,
                start_step: int = 0, views=None):
     self.source_name = source.name
     self.next_step = start_step
     self.skipped = 0
-    self._first_position = start_step * sharding.local_batch
+    self._first_position = start_step * host.local_batch
     self._seen = 0
-    self._iterator = train_dataset(source, config, sharding, seed=seed,
+    self._iterator = train_dataset(source, config, host, seed=seed,
                                    start_step=start_step, views=views).as_numpy_iterator()
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

@@ -19,6 +19,8 @@ import math
 
 import tensorflow as tf
 
+from deit_jax.errors import ConfigError
+
 INCREASING_OPS = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing",
     "SolarizeIncreasing", "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing",
@@ -62,7 +64,7 @@ class RandAugmentConfig:
         else:
           raise ValueError(f"unknown section {part!r}")
       except ValueError as e:
-        raise ValueError(f"bad RandAugment spec {spec!r}: {e}") from None
+        raise ConfigError(f"bad RandAugment spec {spec!r}: {e}") from None
     return cls(**values)
 
 

@@ -27,12 +27,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from deit_jax.data import fashion_mnist
+from deit_jax.errors import DatasetError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IN_MEMORY_LIMIT_BYTES = 2 << 30
-
-
-class DatasetError(ValueError):
-  """A dataset that cannot be opened as configured (message says what and where)."""
 
 
 @dataclasses.dataclass
@@ -47,6 +46,7 @@ class Source:
   encoded: bool          # fetch returns encoded bytes (JPEG/PNG) instead of uint8 HWC
   fetch: Callable[[tf.Tensor], dict[str, tf.Tensor]]
   class_names: tuple[str, ...] = ()
+  labels: np.ndarray | None = None  # int64 label of every example, where known cheaply
 
 
 def open_source(dataset: str, split: str, *, data_dir: str | None = None,
@@ -78,7 +78,6 @@ def _array_record_builder(make):
 
 def _tfds_builder(name: str, data_dir, manual_dir):
   if name == "fashion_mnist":
-    from deit_jax.data import fashion_mnist
     return _array_record_builder(lambda fmt: fashion_mnist.builder(
         data_dir, manual_dir or fashion_mnist.DEFAULT_MANUAL_DIR, file_format=fmt))
   try:
@@ -121,7 +120,7 @@ def _tfds_source(name: str, split: str, data_dir, manual_dir, in_memory_limit_by
               "id": tf.cast(index, tf.int64)}
 
     return Source(name, split, num_examples, label_feature.num_classes, channels, False, fetch,
-                  tuple(label_feature.names))
+                  tuple(label_feature.names), labels)
   return _array_record_source(builder, name, split, num_examples, channels,
                               label_feature)
 
@@ -221,4 +220,4 @@ def _image_folder(root: str, split: str) -> Source:
             "label": tf.gather(labels_t, index), "id": tf.cast(index, tf.int64)}
 
   return Source(f"imagefolder:{root}", split, len(paths), len(class_names), 3, True, fetch,
-                tuple(class_names))
+                tuple(class_names), np.asarray(labels, np.int64))

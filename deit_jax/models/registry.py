@@ -9,6 +9,8 @@ from typing import Any, Callable
 import jax.numpy as jnp
 from flax import nnx
 
+from deit_jax.errors import ConfigError
+
 from deit_jax.models.resnet import ResNet, ResNetConfig
 from deit_jax.models.vit import DeiTConfig, VisionTransformer
 
@@ -46,7 +48,7 @@ def _lookup(name: str):
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}{hint} (known: {', '.join(list_models())})")
+    raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(list_models())})")
   return _REGISTRY[name]
 
 
@@ -64,7 +66,7 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
   _, allowed, defaults = _lookup(name)
   unknown = sorted(set(overrides) - allowed)
   if unknown:
-    raise ValueError(f"unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; "
+    raise ConfigError(f"unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; "
                      f"valid keys: {', '.join(sorted(allowed))}")
   merged = dict(defaults)
   merged.update({k: _normalise(k, v) for k, v in overrides.items()})
@@ -93,8 +95,8 @@ _DEIT_SIZES = {
 for _size, _img in [("tiny", 224), ("small", 224), ("base", 224), ("base", 384)]:
   for _distilled in (False, True):
     _name = f"deit_{_size}{'_distilled' if _distilled else ''}_patch16_{_img}"
-    register_model(_name, _vit_factory, DeiTConfig, patch_size=16, img_size=_img, distilled=_distilled,
-                   **_DEIT_SIZES[_size])
+    register_model(_name, _vit_factory, DeiTConfig, patch_size=16, img_size=_img,
+                   distilled=_distilled, **_DEIT_SIZES[_size])
 
 # Convnet teachers for small images (deit_jax.models.resnet); no timm counterpart.
 for _depth in (8, 14, 20, 32, 56):

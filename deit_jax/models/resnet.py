@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from deit_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class ResNetConfig:
@@ -56,7 +58,7 @@ class ResNetConfig:
       except TypeError:
         problems.append(f"{key} {getattr(self, key)!r} is not a dtype name")
     if problems:
-      raise ValueError("invalid ResNet config: " + "; ".join(problems))
+      raise ConfigError("invalid ResNet config: " + "; ".join(problems))
 
 
 class _Block(nnx.Module):

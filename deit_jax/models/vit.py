@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from deit_jax.errors import ConfigError
+
 # Vocabulary of logical axis names; the sharding rules table maps these to mesh axes.
 LOGICAL_AXES = ("embed", "mlp", "heads", "kv", "classes", "qkv", "patch")
 
@@ -94,7 +96,7 @@ class DeiTConfig:
       problems.append("attn_drop_rate > 0 needs attn_impl='xla' (fused attention has "
                       "no dropout on the probabilities)")
     if problems:
-      raise ValueError("invalid DeiT config: " + "; ".join(problems))
+      raise ConfigError("invalid DeiT config: " + "; ".join(problems))
 
   @property
   def grid_size(self) -> int:

@@ -17,7 +17,10 @@ import sys
 
 from absl import flags
 
-from deit_jax import cli
+from deit_jax import checkpoint, cli, config_glue
+from deit_jax.errors import UserError
+from deit_jax.teacher import precompute as pc
+from deit_jax.teacher.store import TeacherLogits
 
 FLAGS = flags.FLAGS
 COMMANDS = ("precompute", "info")
@@ -25,12 +28,10 @@ COMMANDS = ("precompute", "info")
 
 def _define_flags():
   cli.define_flags()
-  flags.DEFINE_string("checkpoint", None, "teacher: training workdir, orbax step or model dir")
-  flags.DEFINE_bool("ema", False, "use the checkpoint's EMA parameters")
+  cli.define_checkpoint_flags(default_split="train_split")
   flags.DEFINE_string("timm", None, "instead of --checkpoint: a timm model name run in "
                       "PyTorch, e.g. regnety_160")
   flags.DEFINE_string("timm_weights", None, "weights file for --timm (.pth/.safetensors)")
-  flags.DEFINE_string("split", None, "dataset split (default: the config's train_split)")
   flags.DEFINE_string("out", None, "output directory (local or gs://)")
   flags.DEFINE_enum("storage", "full", ["full", "topk"], "all logits (fp16) or the top k")
   flags.DEFINE_integer("k", 10, "logits kept per example with --storage=topk")
@@ -42,26 +43,21 @@ def _define_flags():
 
 
 def precompute(config) -> None:
-  from deit_jax.teacher import precompute as pc
   if not FLAGS.out:
-    raise cli.UserError("--out is required")
+    raise UserError("--out is required")
   if bool(FLAGS.checkpoint) == bool(FLAGS.timm):
-    raise cli.UserError("give exactly one teacher: --checkpoint=PATH or --timm=NAME")
-  source = cli.open_split(config, FLAGS.split or config.train_split)
-  augment = cli.augment_config(config)
+    raise UserError("give exactly one teacher: --checkpoint=PATH or --timm=NAME")
+  source = config_glue.open_split(config, FLAGS.split or config.train_split)
+  augment = config_glue.augment_config(config)
   batch_size = FLAGS.batch_size or config.batch_size
   if FLAGS.timm:
+    # Imported only for --timm: it needs PyTorch and timm (the [torch] extra).
     from deit_jax.teacher.torch_teacher import timm_logits_fn
     logits_fn, teacher = timm_logits_fn(FLAGS.timm, FLAGS.timm_weights,
                                         num_classes=config.num_classes,
                                         in_chans=augment.in_chans)
   else:
-    from deit_jax import checkpoint
-    model, info = checkpoint.load_trained_model(FLAGS.checkpoint, ema=FLAGS.ema)
-    classes = getattr(model.config, "num_classes", None)
-    if classes != config.num_classes:
-      raise cli.UserError(f"{FLAGS.checkpoint} predicts {classes} classes, "
-                          f"config.num_classes is {config.num_classes}")
+    model, info = config_glue.load_model_for(config, FLAGS.checkpoint, ema=FLAGS.ema)
     logits_fn = pc.jax_logits_fn(model, batch_size)
     teacher = {**info, "sha256": checkpoint.params_digest(model), "ema": FLAGS.ema,
                "framework": "jax"}
@@ -76,7 +72,6 @@ def precompute(config) -> None:
 
 
 def _info(path, manifest=None) -> None:
-  from deit_jax.teacher.store import TeacherLogits
   logits = TeacherLogits(path)
   m = logits.manifest
   rate = m.get("images_per_sec")
@@ -98,10 +93,8 @@ def main():
   if command == "info":
     if len(sys.argv) != 2:
       cli.fail("usage: python -m deit_jax.teacher info DIR")
-    try:
+    with cli.one_line_errors():
       _info(sys.argv[1])
-    except cli.user_errors() as e:
-      cli.fail(str(e))
     return
   _define_flags()
   cli.run(precompute)

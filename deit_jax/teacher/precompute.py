@@ -19,9 +19,13 @@ from typing import Callable
 import jax
 import numpy as np
 import tensorflow as tf
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from deit_jax.data import pipeline
 from deit_jax.data.sources import Source
+from deit_jax.errors import ConfigError, UserError
 from deit_jax.teacher import store
 
 # logits_fn: float32 images [B, H, W, C] (normalised) -> float32 logits [B, num_classes]
@@ -31,12 +35,9 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]
 def jax_logits_fn(model, batch_size: int) -> LogitsFn:
   """Eval-mode forward of an NNX model, jitted, batch split over this process's devices
   (the last batch is padded to keep one compiled shape)."""
-  from flax import nnx
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
   devices = jax.local_devices()
   if batch_size % len(devices):
-    raise ValueError(f"batch size {batch_size} is not divisible by the {len(devices)} "
+    raise ConfigError(f"batch size {batch_size} is not divisible by the {len(devices)} "
                      "local devices")
   mesh = Mesh(np.asarray(devices), ("data",))
   graphdef, state = nnx.split(model)
@@ -62,8 +63,8 @@ def _chunk_dataset(source: Source, augment: pipeline.AugmentConfig, first: int, 
     def element(index, k):
       example = source.fetch(index)
       seed = tf.stack([tf.constant(view_seed, tf.int64), index * views + k])
-      view = pipeline.sample_view(example["image"], tf.random.experimental.stateless_split(
-          seed, 5), source, augment)
+      view = pipeline.sample_view(example["image"], pipeline.augmentation_seeds(seed), source,
+                                  augment)
       return {"image": pipeline.view_transform(example, view, source, augment), "view": view}
   else:
     def element(index):
@@ -78,9 +79,9 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
                shard_size: int = 10_000, log: Callable[[str], None] = print) -> dict:
   """Writes the store for ``source`` into ``out_dir``; returns its manifest."""
   if storage not in ("full", "topk"):
-    raise ValueError(f"storage must be 'full' or 'topk', got {storage!r}")
+    raise ConfigError(f"storage must be 'full' or 'topk', got {storage!r}")
   if views < 0 or k < 1 or shard_size < 1:
-    raise ValueError(f"need views >= 0, k >= 1, shard_size >= 1 (got {views}, {k}, "
+    raise ConfigError(f"need views >= 0, k >= 1, shard_size >= 1 (got {views}, {k}, "
                      f"{shard_size})")
   tf.io.gfile.makedirs(out_dir)
   n, pid, nproc = source.num_examples, jax.process_index(), jax.process_count()
@@ -101,7 +102,7 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
       images_done += len(batch["image"])
     logits = np.concatenate(logits)
     if logits.shape[-1] != source.num_classes:
-      raise ValueError(f"the teacher predicts {logits.shape[-1]} classes, "
+      raise UserError(f"the teacher predicts {logits.shape[-1]} classes, "
                        f"{source.name} has {source.num_classes}")
     arrays = store.compress(logits.reshape((end - first,) + ((views,) if views else ())
                                            + logits.shape[-1:]), storage, k)
@@ -111,7 +112,6 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
     rate = images_done / max(time.time() - start, 1e-9)
     log(f"ids [{first}, {end}) done: {images_done}/{total} images, {rate:.0f} img/s")
   if nproc > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("deit_jax.teacher.precompute")
   manifest = {
       "teacher": teacher, "dataset": source.name, "split": source.split, "num_examples": n,

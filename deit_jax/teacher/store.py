@@ -34,12 +34,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from deit_jax.errors import TeacherLogitsError
+
 MANIFEST = "manifest.json"
 FORMAT = 1
-
-
-class TeacherLogitsError(ValueError):
-  """Teacher logits that do not fit the run (message says what and how to fix it)."""
 
 
 def shard_name(first: int, end: int) -> str:

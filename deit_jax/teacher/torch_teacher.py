@@ -12,6 +12,8 @@ import hashlib
 
 import numpy as np
 
+from deit_jax.errors import ConversionError
+from deit_jax.models.torch_weights import read_state_dict
 from deit_jax.teacher.precompute import LogitsFn
 
 
@@ -23,14 +25,14 @@ def timm_logits_fn(name: str, weights: str | None, *, num_classes: int, in_chans
     import timm
     import torch
   except ImportError as e:
-    raise ValueError("a timm teacher needs PyTorch and timm: pip install 'deit_jax[torch]'") from e
-  from deit_jax.convert import read_state_dict
+    raise ConversionError("a timm teacher needs PyTorch and timm: "
+                          "pip install 'deit_jax[torch]'") from e
 
   try:
     model = timm.create_model(name, pretrained=False, num_classes=num_classes,
                               in_chans=in_chans)
   except RuntimeError as e:  # timm: "Unknown model (...)"
-    raise ValueError(f"timm teacher: {e}") from e
+    raise ConversionError(f"timm teacher: {e}") from e
   digest = hashlib.sha256()
   if weights:
     state = read_state_dict(weights)
@@ -38,7 +40,7 @@ def timm_logits_fn(name: str, weights: str | None, *, num_classes: int, in_chans
       model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
                              for k, v in state.items()})
     except RuntimeError as e:
-      raise ValueError(f"{weights} does not fit timm {name} with {num_classes} classes: "
+      raise ConversionError(f"{weights} does not fit timm {name} with {num_classes} classes: "
                        f"{str(e).splitlines()[0]}") from e
   for key, value in sorted(model.state_dict().items()):
     digest.update(key.encode())

@@ -1,10 +1,10 @@
 """Throughput benchmark of the real train step (or inference), with FLOPs, MFU and memory.
 
-    python -m deit_jax.benchmark --model deit_small_distilled_patch16_224 --batch-size 256 \
-        --mode train [--dtype bfloat16] [--steps 20] [--warmup 2] [--json] [--vs-timm]
-        [--timm-compile] [--attn-impl xla|dot_product|cudnn]
+    python -m deit_jax.bench.benchmark --model=deit_small_distilled_patch16_224 \
+        --batch_size=256 --mode=train [--dtype=bfloat16] [--steps=20] [--warmup=2] [--json]
+        [--vs_timm] [--timm_compile] [--attn_impl=xla|dot_product|cudnn]
 
-``--batch-size auto`` times each of ``--batch-sizes`` in ascending order up to the first
+``--batch_size=auto`` times each of ``--batch_sizes`` in ascending order up to the first
 out-of-memory and reports the fastest (``sweep`` in the JSON; peak memory is the sweep's);
 timm runs at that size, halved until it fits (on one GPU our side then runs in a child
 process, whose exit hands JAX's memory back to torch).
@@ -18,16 +18,16 @@ device, so the input pipeline is not measured. After ``--warmup`` untimed steps,
 windows, each synced once at its end), so the host's dispatch overlaps the device's work;
 the mean step is reported, with each window's.
 
-FLOPs per image are model FLOPs (2 x MACs): for DeiT the analytic count of REFERENCE.md
-section 6 (training = 3 x forward), for other models XLA's cost analysis of the compiled
-step; XLA's count is printed alongside as a cross-check. ``--json`` prints one JSON object
-as the last line of stdout (with ``--vs-timm`` also one before timm runs, without the timm
-keys, in case timm fails hard or the run is cut off). Nothing here imports TensorFlow.
+FLOPs per image are model FLOPs (2 x MACs): for DeiT the analytic count
+(``analytic_forward_flops``; training = 3 x forward), for other models XLA's cost analysis
+of the compiled step; XLA's count is printed alongside as a cross-check. ``--json`` prints
+one JSON object as the last line of stdout (with ``--vs_timm`` also one before timm runs,
+without the timm keys, in case timm fails hard or the run is cut off). Nothing here imports
+TensorFlow.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import gc
@@ -39,10 +39,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from deit_jax import optim, sharding, train_step as ts
-from deit_jax.benchmark_timm import jax_in_child, run_timm, time_steps
+from deit_jax import builder, sharding, train_step as ts
+from deit_jax.bench.options import Options, child_argv, parse_args
+from deit_jax.bench.vs_timm import jax_in_child, run_timm, time_steps
 from deit_jax.data import mixup
+from deit_jax.errors import BenchError, UserError
 from deit_jax.models import DeiTConfig, create_model, model_config
+from deit_jax.teacher.feed import Teacher
 
 # Dense bf16 TFLOP/s per chip, matched (in this order) on lower-cased device_kind.
 PEAK_BF16_TFLOPS = (("v5 lite", 197.0), ("v5e", 197.0), ("v6 lite", 918.0), ("v6e", 918.0),
@@ -50,79 +53,6 @@ PEAK_BF16_TFLOPS = (("v5 lite", 197.0), ("v5e", 197.0), ("v6 lite", 918.0), ("v6
                     ("h200", 989.0), ("h100", 989.0), ("a100", 312.0))
 
 _JAX_RUNTIME_ERROR = getattr(jax.errors, "JaxRuntimeError", RuntimeError)  # XlaRuntimeError
-_EPILOG = """\
-MFU = model FLOPs per second / (peak x devices). The peak is the chip's dense bf16
-TFLOP/s from a built-in table (TPU v3/v4/v5e/v5p/v6e, A100, H100/H200), whatever --dtype
-is: the usual convention. For --dtype float32 on GPU, JAX's default TF32 matmuls peak at
-half that (on TPU fp32 matmuls run as bf16 passes by default), so double the MFU shown
-or pass --peak-tflops. On CPU the peak is measured with a float32 2048x2048 matmul probe.
-"""
-
-
-class BenchError(Exception):
-  """Bad input: reported as one line ``error: ...`` with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-
-  def error(self, message):
-    raise BenchError(message)
-
-
-def parse_args(argv):
-  p = _Parser(prog="python -m deit_jax.benchmark", description=__doc__.split("\n")[0],
-              epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", required=True, help="registered model name (timm's names)")
-  p.add_argument("--batch-size", required=True,
-                 help="global batch size, or 'auto': the fastest of --batch-sizes, tried "
-                      "in ascending order up to the first out-of-memory")
-  p.add_argument("--batch-sizes", default=None, metavar="B1,B2,...",
-                 help="sizes --batch-size auto tries (train 64,...,1024; infer 128,...,2048)")
-  p.add_argument("--sweep-budget", type=float, default=None, metavar="SECONDS",
-                 help="--batch-size auto: start no further size after this many seconds")
-  p.add_argument("--mode", choices=("train", "infer"), default="train")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                 help="compute dtype (master weights stay float32)")
-  p.add_argument("--steps", type=int, default=None,
-                 help="timed steps, run back to back in two windows (20 train, 40 infer)")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-  p.add_argument("--mesh", default="data=-1,fsdp=1,tensor=1", help="mesh axis sizes")
-  p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                 help="model config override, repeatable (e.g. depth=1)")
-  p.add_argument("--json", action="store_true", help="print one JSON object as last line")
-  p.add_argument("--attn-impl", choices=("xla", "dot_product", "cudnn"), default=None,
-                 help="attention of ViT/DeiT models (default: cudnn, i.e. flash attention, "
-                      "on GPU in bfloat16, else xla); cudnn falls back to dot_product if "
-                      "it fails to build")
-  p.add_argument("--vs-timm", action="store_true",
-                 help="also time timm's model (PyTorch) on the same batch and dtype")
-  p.add_argument("--timm-compile", action="store_true",
-                 help="with --vs-timm: wrap timm's model in torch.compile (the first "
-                      "warm-up step compiles)")
-  p.add_argument("--jax-in-child", action="store_true", help=argparse.SUPPRESS)  # tests
-  p.add_argument("--peak-tflops", type=float, default=None,
-                 help="peak TFLOP/s per device for MFU (default: table / CPU probe)")
-  args = p.parse_args(argv)
-  args.auto = args.batch_size == "auto"
-  try:
-    sizes = [int(b) for b in (args.batch_sizes.split(",") if args.auto and args.batch_sizes
-                              else [] if args.auto else [args.batch_size])]
-  except ValueError:
-    raise BenchError("--batch-size must be an integer or 'auto', --batch-sizes integers "
-                     "separated by commas") from None
-  if args.batch_sizes is not None and not args.auto:
-    raise BenchError("--batch-sizes needs --batch-size auto")
-  if (args.timm_compile or args.jax_in_child) and not args.vs_timm:
-    raise BenchError("--timm-compile needs --vs-timm")
-  args.batch_sizes = sorted(set(sizes)) or (
-      [64, 128, 256, 512, 1024] if args.mode == "train" else [128, 256, 512, 1024, 2048])
-  args.batch_size = None if args.auto else args.batch_sizes[0]
-  if min(args.batch_sizes) < 1 or args.warmup < 0 or (args.steps is not None and args.steps < 1):
-    raise BenchError("--batch-size and --steps must be >= 1, --warmup >= 0")
-  if args.peak_tflops is not None and args.peak_tflops <= 0:
-    raise BenchError("--peak-tflops must be positive")
-  args.steps = args.steps or (20 if args.mode == "train" else 40)
-  return args
 
 
 def _key_values(items, what):
@@ -167,14 +97,14 @@ def measure_cpu_peak_tflops(n: int = 2048, repeats: int = 5) -> float:
 
 def peak_tflops(device, override: float | None) -> tuple[float, str]:
   if override is not None:
-    return override, "--peak-tflops"
+    return override, "--peak_tflops"
   kind = device.device_kind.lower()
   for key, value in PEAK_BF16_TFLOPS:
     if key in kind:
       return value, f"table ({device.device_kind}, dense bf16)"
   if device.platform == "cpu":
     return measure_cpu_peak_tflops(), "measured (fp32 2048x2048 matmul)"
-  raise BenchError(f"no peak TFLOP/s known for {device.device_kind!r}: pass --peak-tflops")
+  raise BenchError(f"no peak TFLOP/s known for {device.device_kind!r}: pass --peak_tflops")
 
 
 def _xla_flops(compiled) -> float | None:
@@ -198,37 +128,39 @@ def _random_batch(cfg, batch_size: int, distilled: bool, mesh, seed: int = 0):
   return jax.device_put(batch, sharding.batch_sharding(mesh))
 
 
-def build_train(make_model, abstract, mesh, batch):
-  """The compiled train step exactly as ``deit_jax.main`` builds it, and its first state."""
-  cfg, distilled = abstract.config, bool(getattr(abstract.config, "distilled", False))
-  model_def = ts.ModelDef.of(abstract)
+def build_train(model: builder.Model, mesh, batch):
+  """The compiled train step exactly as ``deit_jax.main`` builds it (``deit_jax.builder``),
+  and its first state."""
+  distilled = bool(getattr(model.config, "distilled", False))
   batch_size = batch["image"].shape[0]
-  schedule = optim.warmup_cosine(5e-4 * batch_size / 512, 10_000, 100)
-  tx = optim.adamw(schedule, nnx.to_pure_dict(model_def.params_template), weight_decay=0.05)
-  state_sharding = ts.state_shardings(abstract, tx, mesh, ema=True)
-  init = jax.jit(lambda: ts.init_state(make_model(), tx, 0, True), out_shardings=state_sharding)
-  loss_config = ts.LossConfig(cfg.num_classes, "hard" if distilled else "none")
-  step_fn = ts.make_train_step(model_def, tx, schedule, loss_config, mixup.MixupConfig(),
-                               ema_decay=0.99996)
-  train_step = ts.jit_train_step(step_fn, state_sharding, mesh, tuple(batch))
+  tx, schedule = builder.build_optimizer(model, lr=5e-4 * batch_size / 512,
+                                         total_steps=10_000, warmup_steps=100,
+                                         weight_decay=0.05)
+  state_sharding, init = builder.build_state(model, tx, mesh, seed=0, ema=True)
+  loss_config = ts.LossConfig(model.config.num_classes, "hard" if distilled else "none")
+  # The batch carries random teacher logits: a Teacher with those keys and no model.
+  train_step = builder.build_train_step(model, tx, schedule, state_sharding, mesh,
+                                        loss_config=loss_config,
+                                        mixup_config=mixup.MixupConfig(),
+                                        teacher=Teacher(tuple(batch)), ema_decay=0.99996)
   state = init()
-  return train_step.lower(state, batch).compile(), state
+  return train_step.compile(state, batch), state
 
 
-def build_infer(make_model, abstract, mesh, batch):
-  """The jitted eval-mode forward (as ``evaluate.make_eval_step`` runs the model)."""
-  model_def = ts.ModelDef.of(abstract)
-  params_sharding, rest_sharding = ts.model_shardings(abstract, mesh)
+def build_infer(model: builder.Model, mesh, batch):
+  """The jitted eval-mode forward (as ``deit_jax.eval_step`` runs the model)."""
+  model_def = model.definition
+  params_sharding, rest_sharding = ts.model_shardings(model.abstract, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
 
   def init():
-    _, params, rest = ts.split_model(make_model())
+    _, params, rest = ts.split_model(model.make())
     return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
   def forward(params, rest, images):
-    model = model_def.merge(params, rest)
-    model.eval()
-    return model(images)
+    module = model_def.merge(params, rest)
+    module.eval()
+    return module(images)
 
   params, rest = jax.jit(init, out_shardings=(params_sharding, rest_sharding))()
   fwd = jax.jit(forward, in_shardings=(params_sharding, rest_sharding, batch_sharding),
@@ -249,21 +181,20 @@ def _bench_jax(args, batch_size, impl, overrides, mesh, peak) -> tuple[dict, str
   implementation used (``cudnn`` falls back to ``dot_product`` when it fails to build)."""
   while True:
     ov = dict(overrides, **({"attn_impl": impl} if impl else {}))
-    make_model = lambda ov=ov: create_model(args.model, seed=0, **ov)
-    abstract = nnx.eval_shape(make_model)
-    cfg = abstract.config
+    model = builder.build_model(args.model, ov, seed=0)
+    cfg = model.config
     distilled = bool(getattr(cfg, "distilled", False))
     batch = _random_batch(cfg, batch_size, distilled, mesh)
     start = time.perf_counter()
     try:
       if args.mode == "train":
-        compiled, state = build_train(make_model, abstract, mesh, batch)
+        compiled, state = build_train(model, mesh, batch)
         holder = {"state": state, "out": None}
 
         def step():
           holder["state"], holder["out"] = compiled(holder["state"], batch)
       else:
-        compiled, (params, rest) = build_infer(make_model, abstract, mesh, batch)
+        compiled, (params, rest) = build_infer(model, mesh, batch)
         images = batch["image"]
         holder = {"out": None}
 
@@ -317,8 +248,8 @@ def _bench_jax(args, batch_size, impl, overrides, mesh, peak) -> tuple[dict, str
 
 
 def _sweep(args, impl, overrides, mesh, peak) -> dict:
-  """``--batch-size auto``: our step at each of ``--batch-sizes`` (ascending) until the
-  first out-of-memory (or ``--sweep-budget``); the result of the fastest, with the sweep."""
+  """``--batch_size auto``: our step at each of ``--batch_sizes`` (ascending) until the
+  first out-of-memory (or ``--sweep_budget``); the result of the fastest, with the sweep."""
   results, stopped, start = [], None, time.perf_counter()
   for b in args.batch_sizes:
     if results and args.sweep_budget and time.perf_counter() - start > args.sweep_budget:
@@ -343,7 +274,7 @@ def _sweep(args, impl, overrides, mesh, peak) -> dict:
           f"ms/step, compile {r['compile_s']:.1f} s)", flush=True)
   if not results:
     raise BenchError(f"out of memory already at batch size {args.batch_sizes[0]}: pass "
-                     "smaller --batch-sizes")
+                     "smaller --batch_sizes")
   best = dict(max(results, key=lambda r: r["images_per_sec"]))
   best["sweep"] = [{"batch_size": r["batch_size"], "images_per_sec": r["images_per_sec"]}
                    for r in results]
@@ -358,7 +289,7 @@ def main(argv=None) -> dict:
   if "dtype" in overrides:
     raise BenchError("set the compute dtype with --dtype, not --override dtype=...")
   if args.attn_impl and "attn_impl" in overrides:
-    raise BenchError("give the attention with --attn-impl or --override attn_impl, not both")
+    raise BenchError("give the attention with --attn_impl or --override attn_impl, not both")
   overrides["dtype"] = args.dtype
   try:
     model_config(args.model, **overrides)
@@ -369,25 +300,25 @@ def main(argv=None) -> dict:
   distilled = bool(getattr(cfg, "distilled", False))
   has_attn = hasattr(cfg, "attn_impl")
   if args.attn_impl and not has_attn:
-    raise BenchError(f"--attn-impl: {args.model} has no attention")
+    raise BenchError(f"--attn_impl: {args.model} has no attention")
   if args.vs_timm:
     try:
       import timm  # pylint: disable=import-outside-toplevel  # (imports torch)
     except ImportError as e:
-      raise BenchError(f"--vs-timm needs torch and timm installed ({e})") from None
+      raise BenchError(f"--vs_timm needs torch and timm installed ({e})") from None
     if not timm.is_model(args.model):
-      raise BenchError(f"--vs-timm: timm has no model {args.model!r}")
+      raise BenchError(f"--vs_timm: timm has no model {args.model!r}")
   timm_overrides = {k: v for k, v in overrides.items() if k != "dtype"}
   on_gpu = args.vs_timm and sys.modules["torch"].cuda.is_available()
   timm_result, in_child = None, args.jax_in_child or (on_gpu and args.auto)
   if in_child:
     # timm needs the batch size our sweep picks, and JAX keeps its GPU memory till exit.
-    result = jax_in_child(args)
+    result = jax_in_child(child_argv(args), echo_json=args.json)
     if result is None:
       raise BenchError("our side (run in a child process) failed")
   else:
     if on_gpu:  # same GPU: run torch before JAX's client preallocates most of its memory
-      timm_result = run_timm(args, timm_overrides, distilled, args.batch_size, False)
+      timm_result = _run_timm(args, timm_overrides, distilled, args.batch_size, False)
     try:
       mesh = sharding.make_mesh({k: int(v) for k, v in mesh_sizes.items()})
     except (ValueError, TypeError) as e:
@@ -417,7 +348,7 @@ def main(argv=None) -> dict:
   if args.vs_timm:
     if args.json and timm_result is None and not in_child:  # last line if timm never ends
       print(json.dumps(result, sort_keys=True), flush=True)
-    result.update(timm_result or run_timm(args, timm_overrides, distilled,
+    result.update(timm_result or _run_timm(args, timm_overrides, distilled,
                                           result["batch_size"], args.auto))
     if "timm_error" not in result:
       result["speedup_vs_timm"] = result["images_per_sec"] / result["timm_images_per_sec"]
@@ -465,12 +396,18 @@ def _report(r: dict) -> None:
   print("\n".join(lines), flush=True)
 
 
+def _run_timm(args: Options, timm_overrides, distilled, batch_size, auto) -> dict:
+  return run_timm(args.model, timm_overrides, mode=args.mode, dtype=args.dtype,
+                  warmup=args.warmup, steps=args.steps, timm_compile=args.timm_compile,
+                  distilled=distilled, batch_size=batch_size, auto=auto)
+
+
 def run(argv=None) -> int:
-  """The CLI: 0, or 2 on bad input, or 3 when --vs-timm's timm side failed (the JSON line
+  """The CLI: 0, or 2 on bad input, or 3 when --vs_timm's timm side failed (the JSON line
   then has ``timm_error`` in place of timm's numbers)."""
   try:
     result = main(argv)
-  except BenchError as e:
+  except UserError as e:  # BenchError and the library's user errors; a bug keeps its traceback
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
   return 3 if "timm_error" in result else 0

@@ -1,4 +1,4 @@
-"""The timm (PyTorch) side of ``python -m deit_jax.benchmark --vs-timm``, and the child
+"""The timm (PyTorch) side of ``python -m deit_jax.bench.benchmark --vs_timm``, and the child
 process that runs our side first when both share one GPU.
 
 Imports torch and timm only when called, so the benchmark's import path stays free of both
@@ -145,47 +145,36 @@ def bench_timm(name, overrides, *, mode, dtype, batch_size, warmup, steps, disti
           "timm_threads": torch.get_num_threads()}
 
 
-def child_argv(args) -> list[str]:
-  argv = ["--model", args.model, "--batch-size", "auto", "--mode", args.mode,
-          "--batch-sizes", ",".join(map(str, args.batch_sizes)), "--dtype", args.dtype,
-          "--steps", str(args.steps), "--warmup", str(args.warmup), "--mesh", args.mesh,
-          "--json"]
-  for item in args.override:
-    argv += ["--override", item]
-  for flag, value in (("--peak-tflops", args.peak_tflops), ("--attn-impl", args.attn_impl),
-                      ("--sweep-budget", args.sweep_budget)):
-    if value is not None:
-      argv += [flag, str(value)]
-  return argv
-
-
-def jax_in_child(args) -> dict | None:
-  """Runs our side in a child process (its text passed through) and returns its JSON: on
-  one GPU shared with torch, the child's exit hands all of JAX's memory back for timm."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def jax_in_child(argv: list[str], *, echo_json: bool) -> dict | None:
+  """Runs our side (``python -m deit_jax.bench.benchmark`` with ``argv``) in a child
+  process, its text passed through, and returns its JSON: on one GPU shared with torch,
+  the child's exit hands all of JAX's memory back for timm."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       p for p in (root, os.environ.get("PYTHONPATH")) if p))
-  proc = subprocess.Popen([sys.executable, "-m", "deit_jax.benchmark", *child_argv(args)],
+  proc = subprocess.Popen([sys.executable, "-m", "deit_jax.bench.benchmark", *argv],
                           stdout=subprocess.PIPE, text=True, env=env)
   last = None
   for line in proc.stdout:
     if line.startswith("{"):
       last = line
-    if args.json or not line.startswith("{"):  # its JSON line stands in if timm dies
+    if echo_json or not line.startswith("{"):  # its JSON line stands in if timm dies
       print(line, end="", flush=True)
   rc = proc.wait()
   return None if rc or last is None else json.loads(last)
 
 
-def run_timm(args, timm_overrides, distilled, batch_size, auto) -> dict:
+def run_timm(name: str, timm_overrides: dict, *, mode: str, dtype: str, warmup: int,
+             steps: int, timm_compile: bool, distilled: bool, batch_size: int,
+             auto: bool) -> dict:
   """bench_timm for the CLI: if torch.compile fails (not for memory), eager timm is timed
   instead (``timm_compile_error``); a failure is reported (``timm_error``), not raised."""
   import torch
   compile_error = None
-  for compile_model in ((True, False) if args.timm_compile else (False,)):
+  for compile_model in ((True, False) if timm_compile else (False,)):
     try:
-      result = bench_timm(args.model, timm_overrides, mode=args.mode, dtype=args.dtype,
-                          batch_size=batch_size, warmup=args.warmup, steps=args.steps,
+      result = bench_timm(name, timm_overrides, mode=mode, dtype=dtype,
+                          batch_size=batch_size, warmup=warmup, steps=steps,
                           distilled=distilled, compile_model=compile_model,
                           halve_on_oom=auto)
       return dict(result, **({"timm_compile_error": compile_error} if compile_error else {}))

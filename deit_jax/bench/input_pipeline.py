@@ -1,6 +1,6 @@
 """Input-pipeline throughput on ImageNet-sized JPEGs made from real photos.
 
-    python -m deit_jax.data.benchmark [--images 256] [--threads 1] [--seconds 20] [--json]
+    python -m deit_jax.bench.input_pipeline [--images=256] [--threads=1] [--seconds=20] [--json]
 
 Builds an image folder of ~500x375 JPEGs cut from scikit-image's sample photographs
 (pip install scikit-image; nothing is downloaded), then times the full DeiT train
@@ -11,19 +11,20 @@ switching the stages on one at a time so you see where the time goes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
-import tensorflow as tf
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags  # noqa: E402
 
-from deit_jax.data import pipeline, sources
+from deit_jax import cli  # noqa: E402
+from deit_jax.data import pipeline, sources  # noqa: E402
+from deit_jax.errors import UserError  # noqa: E402
 
 _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field",
            "retina", "immunohistochemistry", "colorwheel")
@@ -31,11 +32,11 @@ _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubbl
 
 def make_image_folder(root: str, count: int, size=(375, 500), seed: int = 0) -> str:
   """``count`` JPEGs of ``size`` cut (random crop, scale, flip) from real sample photos."""
-  try:
+  try:  # optional: the [bench] extra
     from skimage import data as skdata
   except ImportError:
-    raise SystemExit("error: the benchmark needs scikit-image's sample photos: "
-                     "pip install scikit-image") from None
+    raise UserError("the benchmark needs scikit-image's sample photos: "
+                    "pip install scikit-image") from None
   photos = []
   for name in _PHOTOS:
     loader = getattr(skdata, name, None)
@@ -48,7 +49,7 @@ def make_image_folder(root: str, count: int, size=(375, 500), seed: int = 0) -> 
     if image.ndim == 3 and image.shape[-1] >= 3 and min(image.shape[:2]) >= 256:
       photos.append(image[..., :3].astype(np.uint8))
   if not photos:
-    raise SystemExit("error: no usable scikit-image sample photos found")
+    raise UserError("no usable scikit-image sample photos found")
   rng = np.random.RandomState(seed)
   folder = os.path.join(root, "train", "photos")
   os.makedirs(folder, exist_ok=True)
@@ -66,7 +67,7 @@ def make_image_folder(root: str, count: int, size=(375, 500), seed: int = 0) -> 
 
 
 def pipeline_throughput(source, config, threads: int, seconds: float, batch: int = 64) -> float:
-  ds = pipeline.train_dataset(source, config, pipeline.Sharding(batch), seed=0,
+  ds = pipeline.train_dataset(source, config, pipeline.HostSlice(batch), seed=0,
                               threads=threads)
   iterator = iter(ds)
   next(iterator)  # warm-up: graph tracing, thread start
@@ -98,16 +99,16 @@ def stage_profile(source, size: int, threads: int,
   return results
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m deit_jax.data.benchmark",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--images", type=int, default=256)
-  parser.add_argument("--threads", type=int, default=1, help="cores given to tf.data")
-  parser.add_argument("--seconds", type=float, default=20.0)
-  parser.add_argument("--size", type=int, default=224)
-  parser.add_argument("--json", action="store_true")
-  args = parser.parse_args(argv)
+def _define_flags() -> None:
+  flags.DEFINE_integer("images", 256, "JPEGs to make and read")
+  flags.DEFINE_integer("threads", 1, "cores given to tf.data")
+  flags.DEFINE_float("seconds", 20.0, "seconds timed per stage")
+  flags.DEFINE_integer("size", 224, "output image size")
+  flags.DEFINE_bool("json", False, "print one JSON object instead of the table")
 
+
+def main() -> int:
+  args = flags.FLAGS
   with tempfile.TemporaryDirectory() as root:
     make_image_folder(root, args.images)
     source = sources.open_source(f"imagefolder:{root}", "train")
@@ -132,4 +133,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  _define_flags()
+  cli.run_plain(main)

@@ -1,0 +1,67 @@
+"""The exceptions a user's mistake raises, for every layer to use (this module imports
+nothing from the package).
+
+Library code raises a ``UserError`` (or a subclass) when the command, the config or a
+file the user named is wrong; only the entry points (``deit_jax.entry``) turn one into a
+single ``error: ...`` line and exit code 2. Anything else -- a ``ValueError`` from a bug
+included -- keeps its traceback.
+
+Some classes also derive from the built-in type that callers caught before (``ValueError``
+for a bad value, ``FileNotFoundError`` / ``FileExistsError`` for paths), so ``except
+ValueError`` around a library call still works.
+
+The entry points also report three OS errors as one line without a ``UserError`` around
+them (``USER_OS_ERRORS``): ``FileNotFoundError``, ``FileExistsError`` and
+``PermissionError``. Every path these commands touch comes from a flag or the config, so
+such an error is the user's input; its message names the path.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+  """A mistake in the command, the config or an input file: one line, exit code 2."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config or flag value the library cannot work with (mesh, augmentation, model...)."""
+
+
+class DatasetError(UserError, ValueError):
+  """A dataset that cannot be opened as configured (message says what and where)."""
+
+
+class MissingDataError(DatasetError, FileNotFoundError):
+  """Dataset files that are not where the config says."""
+
+
+class CheckpointError(UserError, ValueError):
+  """A checkpoint or model directory that does not fit the request."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """The workdir's checkpoint belongs to another model or shape."""
+
+
+class NotACheckpointError(UserError, FileNotFoundError):
+  """A path that holds no (complete) checkpoint or model directory."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+  """An output directory that would be overwritten."""
+
+
+class TeacherLogitsError(UserError, ValueError):
+  """Teacher logits that do not fit the run (message says what and how to fix it)."""
+
+
+class ConversionError(UserError, ValueError):
+  """A weights file that cannot be imported into the requested model."""
+
+
+class BenchError(UserError):
+  """Bad benchmark input."""
+
+
+USER_OS_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, FileExistsError,
+                                             PermissionError)
