@@ -13,7 +13,8 @@ import json
 import os
 import signal
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np

@@ -37,11 +37,11 @@ for _key, _value in (("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"), ("TPU_SKIP_MDS_QUERY",
                      ("TPU_WORKER_HOSTNAMES", "localhost"), ("JAX_PLATFORMS", "cpu")):
   os.environ.setdefault(_key, _value)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from deit_jax import sharding  # noqa: E402
-from deit_jax.cli import UserError  # noqa: E402
+from deit_jax import sharding
+from deit_jax.cli import UserError
 
 GIB = 2.0 ** 30
 
@@ -159,8 +159,8 @@ def _teacher_model(spec: str, config):
   dtype = config.distill.get("teacher_dtype", "bfloat16")
   if spec not in list_models():
     return checkpoint.load_trained_model(spec, dtype=dtype)[0]
-  settings = dict(num_classes=config.num_classes, dtype=dtype)
-  data = dict(img_size=config.aug.image_size, in_chans=config.aug.in_chans)
+  settings = {"num_classes": config.num_classes, "dtype": dtype}
+  data = {"img_size": config.aug.image_size, "in_chans": config.aug.in_chans}
   try:  # the run's input geometry, where the architecture takes it
     model_config(spec, **settings, **data)
     settings.update(data)
