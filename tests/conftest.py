@@ -8,7 +8,7 @@ import os
 # of one-line errors read (the TPU compile check compiles for TPUs without opening one).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
+import jax
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")

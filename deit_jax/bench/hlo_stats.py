@@ -91,7 +91,7 @@ def analyze(hlo_text: str) -> dict:
     for opcode, shape, line, _ in body:
       counts["kernels"] += opcode not in ("parameter", "constant", "tuple",
                                           "get-tuple-element", "bitcast")
-      kind = opcode[:-len("-start")] if opcode.endswith("-start") else opcode
+      kind = opcode.removesuffix("-start")
       if kind in COLLECTIVES and not opcode.endswith("-done"):
         collectives[kind]["count"] += 1
         collectives[kind]["bytes"] += _moved_bytes(opcode, shape)

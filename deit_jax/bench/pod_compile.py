@@ -166,8 +166,8 @@ def _teacher_model(spec: str, config):
       raise ConfigError(f"teacher {spec} predicts {classes} classes, config.num_classes is "
                         f"{config.num_classes}")
     return model
-  settings = dict(num_classes=config.num_classes, dtype=dtype)
-  data = dict(img_size=config.aug.image_size, in_chans=config.aug.in_chans)
+  settings = {"num_classes": config.num_classes, "dtype": dtype}
+  data = {"img_size": config.aug.image_size, "in_chans": config.aug.in_chans}
   try:  # the run's input geometry, where the architecture takes it
     model_config(spec, **settings, **data)
     settings.update(data)
