@@ -4,6 +4,7 @@
 #
 #   bash launch/setup.sh            # the package (enough to train)
 #   bash launch/setup.sh test,torch # plus the test and PyTorch/timm extras
+#   bash launch/setup.sh tpu        # libtpu: TPU VMs, and compiling for TPU slices anywhere
 #
 # Safe to re-run: every step is skipped when already done.
 set -euo pipefail

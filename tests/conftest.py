@@ -3,6 +3,11 @@
 import importlib
 import os
 
+# The tests compute on the CPU. With libtpu installed (the tpu extra), JAX would otherwise
+# try to open a TPU in every process and print libtpu's complaints on stderr, which tests
+# of one-line errors read (the TPU compile check compiles for TPUs without opening one).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import jax
 import pytest
 
