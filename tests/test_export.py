@@ -69,6 +69,20 @@ def test_model_directory_exports_to_timm(name, tmp_path):
     _assert_timm_matches(model, name, kwargs, out)
 
 
+def test_regnet_with_batchnorm_statistics_exports_to_timm(tmp_path):
+  """RegNetY: BatchNorm running statistics (perturbed too) go out under timm's buffer names."""
+  name, overrides = "regnety_002", dict(num_classes=7, img_size=64)
+  model = _perturbed(name, **overrides)
+  stats = nnx.state(model, nnx.BatchStat)
+  keys = iter(jax.random.split(jax.random.key(5), len(jax.tree.leaves(stats))))
+  nnx.update(model, jax.tree.map(lambda s: s + 0.1 * jnp.abs(jax.random.normal(next(keys),
+                                                                               s.shape)), stats))
+  checkpoint.save_model(tmp_path / "model", model, name=name, overrides=overrides)
+  timm_name, kwargs = export.export(str(tmp_path / "model"), str(tmp_path / "w.safetensors"))
+  assert timm_name == name and kwargs == {"num_classes": 7}
+  _assert_timm_matches(model, name, kwargs, tmp_path / "w.safetensors")
+
+
 def test_training_checkpoint_exports_raw_and_ema_weights(tmp_path):
   from deit_jax import optim, train_step as ts
   name, overrides = "deit_tiny_distilled_patch16_224", dict(SMALL, img_size=32, patch_size=8)
