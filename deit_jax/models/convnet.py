@@ -33,6 +33,12 @@ def teacher_config_problems(config, family: str) -> list[str]:
     problems.append(f"a {family} has no distillation token (distilled must be False)")
   if not 0.0 <= config.drop_rate < 1.0:
     problems.append(f"drop_rate must be in [0, 1), got {config.drop_rate!r}")
+  return problems + dtype_problems(config)
+
+
+def dtype_problems(config) -> list[str]:
+  """``config.dtype`` / ``param_dtype`` that are not dtype names (any model family)."""
+  problems = []
   for key in ("dtype", "param_dtype"):
     try:
       jnp.dtype(getattr(config, key))

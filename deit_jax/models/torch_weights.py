@@ -6,12 +6,11 @@ state_dict ``.pth`` or a ``.safetensors`` file. Pickles are read only with
 ``torch.load(weights_only=True)``; anything that needs arbitrary code to unpickle is refused.
 
 DeiT key map (official and timm share keys; ``deit_jax.export`` applies every map in
-reverse): conv kernel (D,C,p,p) -> HWIO; Linear
-(out,in) -> (in,out); fused qkv rows [q; k; v] -> (D, 3, heads, head_dim); attn.proj ->
-(heads, head_dim, D); LayerNorm weight -> scale. A different resolution resamples the
-patch part of ``pos_embed`` exactly like the official fine-tuning code (torch bicubic,
-align_corners=False); a different class count drops both heads and keeps the model's fresh
-initialisation of them.
+reverse): conv kernel (D,C,p,p) -> HWIO; Linear (out,in) -> (in,out); fused qkv rows
+[q; k; v] -> (D, 3, heads, head_dim); attn.proj -> (heads, head_dim, D); LayerNorm weight
+-> scale. A different resolution resamples the patch part of ``pos_embed`` exactly like
+the official fine-tuning code (torch bicubic, align_corners=False); a different class
+count drops both heads and keeps the model's fresh initialisation of them.
 
 RegNetY key map (timm's ``regnet.py``; the official DeiT teacher file
 ``regnety_160-a5fe301d.pth`` holds the same keys under "model"): ``stem``/``s{i}.b{j}``
@@ -95,12 +94,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                           "(or convert the file to .safetensors)") from e
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  except pickle.UnpicklingError:
+    # PyTorch's own message is a paragraph about weights_only; one sentence is enough.
     raise ConversionError(
-        f"refusing to load {path}: it is not a plain weights file and unpickling it could "
-        f"run arbitrary code ({first_line}). Only weights-only pickles or .safetensors "
-        "are accepted.") from e
+        f"refusing to load {path}: it holds Python objects besides tensors, and unpickling "
+        "them could run arbitrary code; if you trust the file, re-save its state dict as "
+        ".safetensors (or a plain torch.save of the tensors) and convert that") from None
   except (RuntimeError, EOFError, OSError) as e:
     raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
   return {k: _to_numpy(v) for k, v in _unwrap(obj, path).items() if hasattr(v, "shape")}

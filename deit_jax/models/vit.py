@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from deit_jax.errors import ConfigError
+from deit_jax.models.convnet import dtype_problems
 
 # Vocabulary of logical axis names; the sharding rules table maps these to mesh axes.
 LOGICAL_AXES = ("embed", "mlp", "heads", "kv", "classes", "qkv", "patch")
@@ -84,11 +85,7 @@ class DeiTConfig:
       value = getattr(self, key)
       if not 0.0 <= value < 1.0:
         problems.append(f"{key} must be in [0, 1), got {value!r}")
-    for key in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, key))
-      except TypeError:
-        problems.append(f"{key} {getattr(self, key)!r} is not a dtype name")
+    problems += dtype_problems(self)
     if self.attn_impl not in ("xla", "dot_product", "cudnn"):
       problems.append(f"attn_impl must be 'xla', 'dot_product' or 'cudnn', "
                       f"got {self.attn_impl!r}")
