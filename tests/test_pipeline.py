@@ -1,5 +1,6 @@
 """Input pipeline: sources, layouts over hosts, augmentation statistics, exact resume."""
 
+import dataclasses
 import logging
 import os
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deit_jax.data import pipeline, sources
+from deit_jax.data import pipeline, sources, subset
 
 FMNIST = dict(image_size=28, crop="pad_crop", pad=2, mean=(0.286,), std=(0.353,), in_chans=1)
 
@@ -224,6 +225,39 @@ def test_random_access_source_equals_in_memory(fmnist_data_dir):
   b = next(pipeline.eval_dataset(random_access, config,
                                  pipeline.HostSlice(50)).as_numpy_iterator())
   for key in ("image", "label", "id"):
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def _read_stream(source, count):
+  """The first ``count`` (example, position) of a train index stream, read as training
+  reads them (``map_examples``), undecoded."""
+  ds = pipeline.train_positions(source.num_examples, pipeline.HostSlice(12), seed=5, repeats=3)
+  ds = pipeline.map_examples(ds, source, lambda example, unused_seed, position: (example,
+                                                                                  position))
+  return list(ds.take(count).as_numpy_iterator())
+
+
+def test_batched_reads_equal_per_record_reads(fmnist_data_dir):
+  random_access = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir,
+                                      in_memory_limit_bytes=0)
+  assert random_access.fetch_batch is not None and random_access.read_batch > 1
+  batched = dataclasses.replace(random_access, read_batch=7)  # read batches straddle steps
+  per_record = dataclasses.replace(random_access, fetch_batch=None)
+  picked = subset.select(batched, classes=("7", "1"), per_class=10, seed=0)
+  picked_per_record = dataclasses.replace(picked, fetch_batch=None)
+  for a_source, b_source in ((batched, per_record), (picked, picked_per_record)):
+    a, b = _read_stream(a_source, 40), _read_stream(b_source, 40)
+    assert [p for _, p in a] == [p for _, p in b] == list(range(40))
+    for (a_example, _), (b_example, _) in zip(a, b):
+      assert a_example.keys() == b_example.keys() == {"image", "label", "id"}
+      for key in a_example:
+        assert a_example[key] == b_example[key]
+  assert {int(e["label"]) for e, _ in _read_stream(picked, 40)} == {0, 1}
+  # ... and the decoded, augmented train batches are identical too.
+  config = pipeline.AugmentConfig(**FMNIST)
+  a, b = (next(pipeline.train_dataset(s, config, pipeline.HostSlice(24), seed=1)
+               .as_numpy_iterator()) for s in (batched, per_record))
+  for key in a:
     np.testing.assert_array_equal(a[key], b[key])
 
 

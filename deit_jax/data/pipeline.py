@@ -251,6 +251,21 @@ def train_positions(num_examples: int, host: HostSlice, *, seed: int, repeats: i
   return tf.data.Dataset.range(start_step * local, _INFINITE).map(locate)
 
 
+def map_examples(ds: tf.data.Dataset, source: Source, fn) -> tf.data.Dataset:
+  """(index, *rest) -> fn(example, *rest), element for element and in order.
+
+  Sources with ``fetch_batch`` are read ``source.read_batch`` indices per call (one
+  Python call per batch instead of per example: docs/performance.md#host-input), then
+  unbatched; the others ``fetch`` each element inside ``fn``'s map.
+  """
+  parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if source.fetch_batch is None or source.read_batch <= 1:
+    return ds.map(lambda index, *rest: fn(source.fetch(index), *rest), **parallel)
+  ds = ds.batch(source.read_batch).map(
+      lambda indices, *rest: (source.fetch_batch(indices), *rest), **parallel)
+  return ds.unbatch().map(fn, **parallel)
+
+
 def _options(threads: int | None = None):
   options = tf.data.Options()
   options.deterministic = True
@@ -268,15 +283,14 @@ def train_dataset(source: Source, config: AugmentConfig, host: HostSlice, *, see
   ``start_step``; ``views`` as in ``train_transform``."""
   views = None if views is None else tf.constant(views, tf.int32)
 
-  def element(index, aug_seed, position):
-    example = source.fetch(index)
+  def element(example, aug_seed, position):
     image, view = train_transform(example, aug_seed, source, config, views)
     return {"image": image, "label": example["label"], "id": example["id"], "view": view,
             "position": position}
 
   ds = train_positions(source.num_examples, host, seed=seed, repeats=config.repeated_aug,
                        start_step=start_step)
-  ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = map_examples(ds, source, element)
   if source.encoded:  # a corrupt file is dropped (and counted by TrainIterator)
     ds = ds.ignore_errors()
   ds = ds.batch(host.local_batch, drop_remainder=True)
@@ -294,13 +308,11 @@ def eval_dataset(source: Source, config: AugmentConfig, host: HostSlice) -> tf.d
     position = step * b + j
     return tf.minimum(position, n - 1), position < n
 
-  def element(index, valid):
-    example = source.fetch(index)
+  def element(example, valid):
     return {"image": eval_transform(example, source, config), "label": example["label"],
             "id": example["id"], "mask": valid}
 
-  ds = tf.data.Dataset.range(num_batches * local).map(locate)
-  ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = map_examples(tf.data.Dataset.range(num_batches * local).map(locate), source, element)
   return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(
       _options())
 

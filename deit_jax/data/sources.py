@@ -3,13 +3,18 @@
 The input pipeline addresses examples by their index in a split, so that the batch at a
 given step is a function of (seed, step) alone -- never of the number of hosts -- and a
 restarted run replays it exactly. A source therefore offers ``num_examples`` and a
-TensorFlow function ``fetch(index) -> {"image", "label", "id"}``:
+TensorFlow function ``fetch(index) -> {"image", "label", "id"}``, and where reading one
+example at a time is costly, ``fetch_batch(indices) -> {"image": [n], "label": [n], "id":
+[n]}`` that returns the same examples for a vector of indices (the pipeline then reads
+``read_batch`` indices per call):
 
 * small TFDS datasets with fixed-shape images (fashion_mnist, mnist, cifar10, ...) are
   held in memory as decoded uint8 arrays;
 * large TFDS datasets (imagenet2012, ...) are read through TFDS's random-access data
   source, which needs the dataset prepared in the ``array_record`` file format (this
-  module prepares it that way when it prepares it);
+  module prepares it that way when it prepares it). ``fetch`` reads one record through
+  TFDS's Python decoding; ``fetch_batch`` reads ``read_batch`` raw records in one Python
+  call and parses them with ``tf.io.parse_example`` outside the GIL;
 * ``imagefolder:<root>`` lists ``<root>/<split>/<class>/<image>`` once, sorted, and reads
   files by path (local or gs://).
 
@@ -32,6 +37,7 @@ from deit_jax.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IN_MEMORY_LIMIT_BYTES = 2 << 30
+READ_BATCH = 256  # records per Python call of a batched read (docs/performance.md#host-input)
 
 
 @dataclasses.dataclass
@@ -47,6 +53,9 @@ class Source:
   fetch: Callable[[tf.Tensor], dict[str, tf.Tensor]]
   class_names: tuple[str, ...] = ()
   labels: np.ndarray | None = None  # int64 label of every example, where known cheaply
+  # fetch for a vector of indices (same examples, same order), where batched reads pay
+  fetch_batch: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
+  read_batch: int = 1
 
 
 def open_source(dataset: str, split: str, *, data_dir: str | None = None,
@@ -104,7 +113,14 @@ def _check_split(builder, split: str, name: str) -> int:
 
 
 def _tfds_source(name: str, split: str, data_dir, manual_dir, in_memory_limit_bytes) -> Source:
-  builder = _tfds_builder(name, data_dir, manual_dir)
+  return from_builder(_tfds_builder(name, data_dir, manual_dir), split, name=name,
+                      in_memory_limit_bytes=in_memory_limit_bytes)
+
+
+def from_builder(builder, split: str, *, name: str | None = None,
+                 in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Source:
+  """The source of a prepared TFDS builder (with "image" and "label" features) at ``split``."""
+  name = name or builder.name
   num_examples = _check_split(builder, split, name)
   image_feature = builder.info.features["image"]
   label_feature = builder.info.features["label"]
@@ -151,6 +167,8 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
   try:
     data_source = builder.as_data_source(split=split,
                                          decoders={"image": tfds.decode.SkipDecoding()})
+    raw_source = builder.as_data_source(
+        split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
   except Exception as e:  # TFDS raises assorted types for a non-array_record preparation
     raise DatasetError(
         f"{name} in {builder.data_dir} was not prepared in the array_record format, which "
@@ -167,8 +185,23 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
     label.set_shape(())
     return {"image": image, "label": label, "id": tf.cast(index, tf.int64)}
 
+  # The records are serialized tf.train.Examples (TFDS's array_record adapter); their
+  # "image" feature holds the encoded bytes that SkipDecoding returns above.
+  spec = builder.info.features.tf_example_spec
+  spec = {"image": spec["image"], "label": spec["label"]}
+
+  def read_raw(indices):
+    return np.array(raw_source.__getitems__(indices.tolist()), dtype=object)
+
+  def fetch_batch(indices):
+    records = tf.numpy_function(read_raw, [indices], tf.string, stateful=False)
+    records.set_shape(indices.shape)
+    parsed = tf.io.parse_example(records, spec)
+    return {"image": parsed["image"], "label": tf.cast(parsed["label"], tf.int64),
+            "id": tf.cast(indices, tf.int64)}
+
   return Source(name, split, num_examples, label_feature.num_classes, channels, True, fetch,
-                tuple(label_feature.names))
+                tuple(label_feature.names), fetch_batch=fetch_batch, read_batch=READ_BATCH)
 
 
 # ---------------------------------------------------------------------------

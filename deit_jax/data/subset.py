@@ -84,13 +84,19 @@ def select(source: Source, *, classes: Sequence[str] = (), per_class: int = 0,
   remap[kept] = np.arange(len(kept))
   new_labels = remap[labels[indices]]
   indices_t, new_labels_t = tf.constant(indices, tf.int64), tf.constant(new_labels)
-  base_fetch = source.fetch
+  base_fetch, base_fetch_batch = source.fetch, source.fetch_batch
 
-  def fetch(index):
-    example = dict(base_fetch(tf.gather(indices_t, index)))
+  def renumbered(example, index):
+    example = dict(example)
     example["label"] = tf.gather(new_labels_t, index)
     example["id"] = tf.cast(index, tf.int64)
     return example
+
+  def fetch(index):
+    return renumbered(base_fetch(tf.gather(indices_t, index)), index)
+
+  def fetch_batch(indices):  # the same for a vector of indices
+    return renumbered(base_fetch_batch(tf.gather(indices_t, indices)), indices)
 
   spec = []
   if classes:
@@ -100,6 +106,7 @@ def select(source: Source, *, classes: Sequence[str] = (), per_class: int = 0,
   return dataclasses.replace(
       source, name=f"{source.name}[{';'.join(spec)}]", num_examples=len(indices),
       num_classes=len(kept), fetch=fetch, labels=new_labels,
+      fetch_batch=fetch_batch if base_fetch_batch is not None else None,
       class_names=tuple(_class_name(source, c) for c in kept) if source.class_names else ())
 
 
