@@ -48,6 +48,7 @@ def get_config():
   config.distill = ml_collections.ConfigDict(dict(
       type="none",                    # none, soft (KL) or hard (teacher's argmax)
       alpha=0.5, tau=1.0, kl_reduction="numel",
+      hard_smoothing=0.0,             # label smoothing of the teacher's hard label (paper: 0.1)
       teacher_logits="",              # precomputed: python -m deit_jax.teacher precompute
       teacher="",                     # or online: a checkpoint run inside the train step
       teacher_dtype="bfloat16"))

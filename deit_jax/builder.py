@@ -43,7 +43,7 @@ def mixup_config(config) -> mixup.MixupConfig:
 def loss_config(config) -> ts.LossConfig:
   d = config.distill
   return ts.LossConfig(config.num_classes, d.type, d.alpha, d.tau, d.kl_reduction,
-                       config.mixup.label_smoothing)
+                       config.mixup.label_smoothing, d.hard_smoothing)
 
 
 def check_distillation(config, model_config) -> None:

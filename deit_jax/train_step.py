@@ -47,6 +47,7 @@ class LossConfig:
   tau: float = 1.0
   kl_reduction: str = "numel"
   label_smoothing: float = 0.1
+  hard_smoothing: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +143,8 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
       terms = losses.deit_loss_terms(
           outputs, targets, teacher, distillation=loss_config.distillation,
           alpha=loss_config.alpha, tau=loss_config.tau, kl_reduction=loss_config.kl_reduction,
-          label_smoothing=loss_config.label_smoothing)
+          label_smoothing=loss_config.label_smoothing,
+          hard_smoothing=loss_config.hard_smoothing)
       return terms.total, (terms, outputs)
 
     (loss, (terms, outputs)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)

@@ -14,6 +14,10 @@ configs/fashion_mnist_resnet_teacher.py, quick, on the same subset):
   hard_online   hard distillation, the CNN run online on the student's augmented batch
   soft          soft distillation, official setting (tau 1, alpha 0.5)
   soft_paper    soft distillation, the paper's setting (tau 3, lambda 0.1)
+  hard_oracle   hard distillation from a perfect teacher (its logits are the ground truth):
+                the limit of a teacher that is right on every training image
+  hard_oracle_smooth   the same with the teacher's label smoothed (distill.hard_smoothing 0.1)
+  hard_smooth   hard distillation, per-image logits, teacher's label smoothed (0.1)
 
 Besides the accuracies, the table shows the teacher's accuracy on its own training
 subset: where it is ~100%, its per-image hard labels repeat the ground truth and give the
@@ -39,6 +43,9 @@ VARIANTS = {  # in the order they run
     "hard": (STUDENT, [], "train"),
     "soft_paper": (STUDENT, ["distill.type=soft", "distill.alpha=0.1", "distill.tau=3.0"],
                    "train"),
+    "hard_oracle": (STUDENT, [], "oracle"),
+    "hard_oracle_smooth": (STUDENT, ["distill.hard_smoothing=0.1"], "oracle"),
+    "hard_smooth": (STUDENT, ["distill.hard_smoothing=0.1"], "train"),
     "hard_views": (STUDENT, [], "views"),
     "hard_online": (STUDENT, [], "online"),
     "soft": (STUDENT, ["distill.type=soft", "distill.alpha=0.5", "distill.tau=1.0"], "train"),
@@ -61,17 +68,43 @@ def evaluate_once(work, name, config, checkpoint, common, teacher_logits=None):
   return value
 
 
+def write_oracle_logits(real: str, out: str, per_class: int) -> None:
+  """A perfect teacher's store: the real store's examples, logits 10 x one-hot(truth)."""
+  if os.path.exists(os.path.join(out, "manifest.json")):
+    return
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import numpy as np
+
+  from configs import fashion_mnist_deit_tiny
+  from deit_jax import config_glue
+  from deit_jax.teacher import store
+  manifest = store.read_manifest(real)
+  config = fashion_mnist_deit_tiny.get_config()
+  config.subset.per_class = per_class
+  source = config_glue.open_split(config, "train")
+  assert source.name == manifest["dataset"], (source.name, manifest["dataset"])
+  os.makedirs(out, exist_ok=True)
+  logits = 10.0 * np.eye(source.num_classes, dtype=np.float32)[source.labels]
+  shard = store.write_shard(out, np.arange(source.num_examples),
+                            store.compress(logits, "full", 0))
+  teacher = {"name": "oracle (the ground-truth labels)", "framework": "none"}
+  store.write_manifest(out, {**{k: v for k, v in manifest.items() if k != "format"},
+                             "shards": [shard], "storage": "full", "k": None,
+                             "teacher": teacher})
+
+
 def run_all(work, seeds, only, per_class, steps, common):
   os.makedirs(os.path.join(work, "results"), exist_ok=True)
   log = os.path.join(work, "log.txt")
   data = [f"--config.subset.per_class={per_class}", *common]
   teacher = os.path.join(work, "teacher_cnn")
-  logits = {s: os.path.join(work, "logits", s) for s in ("train", "test", "views")}
+  logits = {s: os.path.join(work, "logits", s) for s in ("train", "test", "views", "oracle")}
   print(f"teacher (CNN) on {per_class} images per class", flush=True)
   _run(["deit_jax.main", f"--config={TEACHER}", f"--workdir={teacher}", *data], log)
   for split, extra in (("train", []), ("test", ["--split=test"]), ("views", ["--views=4"])):
     _run(["deit_jax.teacher", "precompute", f"--config={TEACHER}", f"--checkpoint={teacher}",
           f"--out={logits[split]}", "--storage=full", *extra, *data], log)
+  write_oracle_logits(logits["train"], logits["oracle"], per_class)
   evaluate_once(work, "teacher_cnn", TEACHER, teacher, data, logits["test"])
   evaluate_once(work, "teacher_cnn_train", TEACHER, teacher, [*data, "--split=train"])
   # Both seeds of a variant before the next variant: a cut-off run still compares.

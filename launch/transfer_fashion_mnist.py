@@ -11,8 +11,8 @@ Upstream: classes 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat), 30,000 imag
 Downstream: classes 5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot), N labelled training
 images per class (drawn with the run's seed), evaluated on their 5,000 test images.
 
-  upstream    CNN teacher (cifar_resnet20); its logits; a plain DeiT and a distilled DeiT
-              (hard distillation from that CNN), both seed 0
+  upstream    CNN teacher (the chain's cifar_resnet8, --pretrain_steps); its logits; a
+              plain DeiT and a distilled DeiT (hard distillation from that CNN), seed 0
   scratch     the plain DeiT trained on the downstream labels only
   plain       the plain upstream DeiT fine-tuned (head re-initialised)
   distilled   the distilled upstream DeiT fine-tuned, keeping hard distillation from a CNN
@@ -63,7 +63,7 @@ def run_all(work, seeds, sizes, pretrain_steps, steps, common):
   up = _classes(UPSTREAM)
   budget = [f"--config.total_steps={pretrain_steps}", "--config.eval_every_steps=0"]
   print("upstream: CNN teacher, plain and distilled DeiT", flush=True)
-  _, up_logits = _teacher(work, "up_teacher", up, 2 * pretrain_steps, common, log)
+  _, up_logits = _teacher(work, "up_teacher", up, pretrain_steps, common, log)
   pretrained = {"plain": os.path.join(work, "up_plain"),
                 "distilled": os.path.join(work, "up_distilled")}
   _run(["deit_jax.main", f"--config={PLAIN}", f"--workdir={pretrained['plain']}", *up,

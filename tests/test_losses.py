@@ -151,6 +151,21 @@ def test_hard_distillation_accepts_teacher_labels_and_never_smooths():
   np.testing.assert_allclose([float(from_logits), float(from_labels)], [plain_ce] * 2, rtol=1e-6)
 
 
+def test_hard_smoothing_smooths_the_teacher_label_only():
+  """distill.hard_smoothing (the paper's text, eps 0.1): torch's label-smoothed CE against
+  the teacher's argmax on the dist head; the class head's term is unchanged."""
+  cls_logits, dist_logits, teacher, labels = _data(seed=5)
+  got = losses.deit_loss_terms((cls_logits, dist_logits), labels, teacher, distillation="hard",
+                               hard_smoothing=0.1)
+  smoothed_ce = F.cross_entropy(torch.from_numpy(dist_logits),
+                                torch.from_numpy(teacher).argmax(1), label_smoothing=0.1).item()
+  plain = losses.deit_loss_terms((cls_logits, dist_logits), labels, teacher,
+                                 distillation="hard")
+  np.testing.assert_allclose(float(got.distill), smoothed_ce, rtol=1e-6)
+  np.testing.assert_allclose(float(got.base), float(plain.base), rtol=1e-7)
+  assert float(got.distill) != pytest.approx(float(plain.distill))
+
+
 @pytest.mark.parametrize("distillation", ["none", "soft", "hard"])
 def test_each_head_gets_its_own_term(distillation):
   cls_logits, dist_logits, teacher, labels = _data()
