@@ -40,6 +40,7 @@ def get_config():
   config.optimizer.warmup_steps = 100
   config.optimizer.warmup_epochs = 0.0
   config.distill.teacher_dtype = "float32"
+  config.ema_decay = 0.0  # an EMA over ~1,000 steps is meaningless (and costs an eval pass)
   config.log_every_steps = 50
   config.eval_every_steps = 600
   config.checkpoint_every_steps = 300
