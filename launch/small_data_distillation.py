@@ -51,9 +51,9 @@ VARIANTS = {  # in the order they run
     "hard_oracle": (STUDENT, [], "oracle"),
     "hard_oracle_smooth": (STUDENT, ["distill.hard_smoothing=0.1"], "oracle"),
     "hard_smooth": (STUDENT, ["distill.hard_smoothing=0.1"], "train"),
+    "soft": (STUDENT, ["distill.type=soft", "distill.alpha=0.5", "distill.tau=1.0"], "train"),
     "hard_views": (STUDENT, [], "views"),
     "hard_online": (STUDENT, [], "online"),
-    "soft": (STUDENT, ["distill.type=soft", "distill.alpha=0.5", "distill.tau=1.0"], "train"),
 }
 
 
@@ -126,6 +126,8 @@ def run_all(work, seeds, only, per_class, steps, common):
       elif source:
         sets.append(f"--config.distill.teacher_logits={logits[source]}")
       print(f"{name} seed {seed}", flush=True)
+      if os.path.exists(os.path.join(work, "results", f"{name}_s{seed}.json")):
+        continue  # finished and evaluated (the config may have changed since)
       _run(["deit_jax.main", f"--config={config}", f"--workdir={run}", *sets, *data], log)
       evaluate_once(work, f"{name}_s{seed}", config, run, data, logits["test"])
 
