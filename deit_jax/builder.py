@@ -144,7 +144,8 @@ def build_state(model: Model, tx, mesh, *, seed: int, ema: bool):
 def run_metadata(config, model: Model) -> dict:
   """What a training checkpoint records of its run (and a resume compares)."""
   return {"model": model.name, "model_config": json.loads(json.dumps(model.overrides)),
-          "num_classes": config.num_classes, "dataset": config.dataset}
+          "num_classes": config.num_classes, "dataset": config.dataset,
+          "ema": bool(config.ema_decay)}
 
 
 def initial_state(checkpoints: checkpoint.TrainCheckpoints, meta: dict, init,

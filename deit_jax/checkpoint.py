@@ -157,6 +157,9 @@ class TrainCheckpoints:
     differences = [f"{k}: checkpoint {saved.get(k)!r} vs config {meta[k]!r}"
                    for k in ("model", "model_config", "num_classes")
                    if saved.get(k) != meta.get(k)]
+    if "ema" in saved and saved["ema"] != meta.get("ema"):  # older checkpoints lack "ema"
+      differences.append(f"EMA weights: checkpoint {'with' if saved['ema'] else 'without'}, "
+                         f"config.ema_decay={'0' if not meta.get('ema') else '> 0'}")
     if differences:
       raise CheckpointMismatchError(
           f"{self.directory} holds a checkpoint of another run ({'; '.join(differences)}); "

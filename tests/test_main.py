@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.depth=1", "--config.model.embed_dim=32", "--config.model.num_heads=2",
         "--config.batch_size=32", "--config.total_steps=40", "--config.log_every_steps=10",
         "--config.eval_every_steps=0", "--config.checkpoint_every_steps=10",
-        "--config.model.drop_path_rate=0.1"]
+        "--config.model.drop_path_rate=0.1", "--config.ema_decay=0.99"]
 
 
 def _command(workdir, data_dir, *extra):
@@ -101,14 +101,16 @@ def test_sigterm_saves_and_exits_cleanly(fmnist_data_dir, tmp_path):
   assert len(steps) == 1 and int(steps[0]) >= 10, (steps, out[-600:])
 
 
-def test_foreign_checkpoint_is_refused_and_kept(fmnist_data_dir, straight):
+@pytest.mark.parametrize("change, named", [("model.embed_dim=64", "embed_dim"),
+                                           ("ema_decay=0", "EMA weights")])
+def test_foreign_checkpoint_is_refused_and_kept(fmnist_data_dir, straight, change, named):
   workdir = straight
   before = sorted(os.listdir(workdir / "checkpoints"))
-  out = _run(workdir, fmnist_data_dir, "--config.total_steps=20",
-             "--config.model.embed_dim=64", check=False)
+  out = _run(workdir, fmnist_data_dir, "--config.total_steps=20", f"--config.{change}",
+             check=False)
   assert out.returncode == 2
   message = out.stderr.strip().splitlines()[-1]
-  assert message.startswith("error:") and "another run" in message and "embed_dim" in message
+  assert message.startswith("error:") and "another run" in message and named in message
   assert sorted(os.listdir(workdir / "checkpoints")) == before
 
 
