@@ -36,6 +36,8 @@ def test_chain_end_to_end_and_rerun_reuses(tmp_path):
               "agreement_cls", "agreement_dist"):
     assert key in student, key
   assert "student/teacher agreement" in first and "[5/5]" in first
+  # the precompute says how often the teacher repeats the labels (train and eval split)
+  assert first.count("the teacher agrees with the labels on") == 2
   assert first.startswith("CPU: ") and first.count(" s  ") >= 5  # CPU model, stage times
   manifest = json.loads((work / "teacher_logits" / "train" / "manifest.json").read_text())
   assert manifest["teacher"]["name"] == "cifar_resnet8" and manifest["k"] == 3

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
+
 from absl import flags
 
 from deit_jax import checkpoint, cli, config_glue
@@ -69,6 +71,27 @@ def precompute(config) -> None:
                            view_seed=FLAGS.view_seed, batch_size=batch_size,
                            shard_size=FLAGS.shard_size, log=cli.say)
   _info(FLAGS.out, manifest)
+  if source.labels is not None and not FLAGS.views:
+    _label_agreement(FLAGS.out, source, training=source.split == config.train_split)
+
+
+# On the training images a teacher this close to the labels gives hard distillation
+# nothing but the labels again (docs/distillation_experiments.md, small data).
+NEAR_PERFECT = 0.99
+
+
+def _label_agreement(path, source, *, training: bool) -> float:
+  """Says how often the stored logits' argmax equals the labels; returns that fraction."""
+  logits = TeacherLogits(path).lookup(np.arange(source.num_examples))
+  agreement = float(np.mean(np.argmax(logits, -1) == source.labels))
+  cli.say(f"the teacher agrees with the labels on {100 * agreement:.2f}% of "
+          f"{source.name}/{source.split}")
+  if training and agreement >= NEAR_PERFECT:
+    cli.say("note: a teacher this close to the labels on the training images makes hard "
+            "distillation repeat them; on small data that was measured to cost accuracy "
+            "(docs/distillation_experiments.md#does-distillation-hurt-on-small-data): "
+            "compare with distill.type=none or soft")
+  return agreement
 
 
 def _info(path, manifest=None) -> None:
