@@ -70,9 +70,9 @@ def precompute(config) -> None:
                            storage=FLAGS.storage, k=FLAGS.k, views=FLAGS.views,
                            view_seed=FLAGS.view_seed, batch_size=batch_size,
                            shard_size=FLAGS.shard_size, log=cli.say)
-  _info(FLAGS.out, manifest)
+  logits = _info(FLAGS.out, manifest)
   if source.labels is not None and not FLAGS.views:
-    _label_agreement(FLAGS.out, source, training=source.split == config.train_split)
+    _label_agreement(logits, source, training=source.split == config.train_split)
 
 
 # On the training images a teacher this close to the labels gives hard distillation
@@ -80,9 +80,9 @@ def precompute(config) -> None:
 NEAR_PERFECT = 0.99
 
 
-def _label_agreement(path, source, *, training: bool) -> float:
+def _label_agreement(store: TeacherLogits, source, *, training: bool) -> float:
   """Says how often the stored logits' argmax equals the labels; returns that fraction."""
-  logits = TeacherLogits(path).lookup(np.arange(source.num_examples))
+  logits = store.lookup(np.arange(source.num_examples))
   agreement = float(np.mean(np.argmax(logits, -1) == source.labels))
   cli.say(f"the teacher agrees with the labels on {100 * agreement:.2f}% of "
           f"{source.name}/{source.split}")
@@ -94,7 +94,8 @@ def _label_agreement(path, source, *, training: bool) -> float:
   return agreement
 
 
-def _info(path, manifest=None) -> None:
+def _info(path, manifest=None) -> TeacherLogits:
+  """Prints what the store at ``path`` holds; returns it (loaded once)."""
   logits = TeacherLogits(path)
   m = logits.manifest
   rate = m.get("images_per_sec")
@@ -105,6 +106,7 @@ def _info(path, manifest=None) -> None:
           + f"; {logits.bytes_per_example():.1f} bytes per example in memory"
           + (f"; precompute {rate:.0f} img/s" if rate else "")
           + (f"; MISSING {logits.missing}" if logits.missing else ""))
+  return logits
 
 
 def main():
