@@ -1,6 +1,7 @@
-"""Elastic resume: a checkpoint written by one layout (2 processes x 4 devices, data
-parallel) continues on another (1 process, 4 devices, FSDP) with the same losses and data
-order as the uninterrupted run; a layout that cannot split the batch is one line."""
+"""Several processes and elastic resume, from one 2-process run (2 x 4 CPU devices, data x
+fsdp = 4 x 2): it logs the losses of the same run made by 1 process on 8 devices, and its
+step-10 checkpoint continues on another layout (1 process, 4 devices, fsdp 4) with the
+uninterrupted run's losses; a layout that cannot split the batch is one line."""
 
 import hashlib
 import os
@@ -13,7 +14,7 @@ import numpy as np
 from test_main import ROOT, TINY, _losses
 
 COMMON = [*TINY, "--config.total_steps=20", "--config.checkpoint_every_steps=10",
-          "--config.log_every_steps=5"]
+          "--config.log_every_steps=5", "--config.mesh.fsdp=2"]
 
 
 def _tree_digest(directory):
@@ -33,7 +34,7 @@ def _main(workdir, data_dir, *extra):
                         capture_output=True, text=True, timeout=600)
 
 
-def test_resume_onto_another_layout(fmnist_data_dir, tmp_path):
+def test_two_processes_match_one_and_resume_onto_another_layout(fmnist_data_dir, tmp_path):
   straight = tmp_path / "straight"
   env = {**os.environ, "DEIT_JAX_CPU_DEVICES": "4", "PYTHON": sys.executable}
   env.pop("DEIT_JAX_LOG_DIR", None)
@@ -45,6 +46,13 @@ def test_resume_onto_another_layout(fmnist_data_dir, tmp_path):
   assert out.returncode == 0, out.stderr[-2000:] + (log.read_text()[-2000:] if log.exists() else "")
   assert "2 process(es)" in out.stdout and log.exists()
   assert not os.path.exists(os.path.join(ROOT, "process_1.log"))
+
+  # The same run by 1 process on 8 devices: the same losses.
+  single = tmp_path / "single"
+  out = _main(single, fmnist_data_dir, "--cpu_devices=8", "--config.checkpoint_every_steps=0")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert len(_losses(single)) == 4
+  np.testing.assert_allclose(_losses(straight), _losses(single), rtol=1e-5)
 
   # The run as it stood at step 10, resumed by 1 process on 4 devices with FSDP.
   resumed = tmp_path / "resumed"
@@ -63,7 +71,7 @@ def test_resume_onto_another_layout(fmnist_data_dir, tmp_path):
   bad = tmp_path / "bad"
   shutil.copytree(straight / "checkpoints" / "10", bad / "checkpoints" / "10")
   before = _tree_digest(bad / "checkpoints")
-  out = _main(bad, fmnist_data_dir, "--cpu_devices=3")
+  out = _main(bad, fmnist_data_dir, "--cpu_devices=3", "--config.mesh.fsdp=1")
   assert out.returncode == 2, out.stderr[-2000:]
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: global batch 32 does not split over the 3") and "Traceback" \

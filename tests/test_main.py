@@ -142,29 +142,6 @@ def _losses(workdir):
   return [row["train_loss"] for row in rows if "train_loss" in row]
 
 
-def test_two_processes_reproduce_one_process(fmnist_data_dir, tmp_path):
-  common = [f"--config.data_dir={fmnist_data_dir}", *TINY, "--config.total_steps=20",
-            "--config.checkpoint_every_steps=0", "--config.log_every_steps=5",
-            "--config.mesh.fsdp=2"]
-  single = tmp_path / "single"
-  out = subprocess.run([sys.executable, "-m", "deit_jax.main",
-                        "--config=configs/fashion_mnist_deit_tiny.py", f"--workdir={single}",
-                        "--cpu_devices=8", *common], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-2000:]
-  double = tmp_path / "double"
-  env = {**os.environ, "DEIT_JAX_CPU_DEVICES": "4", "DEIT_JAX_LOG_DIR": str(tmp_path),
-         "PYTHON": sys.executable}
-  out = subprocess.run(["bash", "launch/local_multihost.sh", "2",
-                        "--config=configs/fashion_mnist_deit_tiny.py", f"--workdir={double}",
-                        *common], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=env)
-  assert out.returncode == 0, out.stderr[-2000:] + (tmp_path / "process_1.log").read_text()[-2000:]
-  assert "2 process(es)" in out.stdout
-  np.testing.assert_allclose(_losses(double), _losses(single), rtol=1e-5)
-  assert len(_losses(single)) == 4
-
-
 def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, straight, tmp_path):
   import json
 
