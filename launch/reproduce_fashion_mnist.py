@@ -20,13 +20,19 @@ teacher is configs/fashion_mnist_resnet_teacher.py:full), after the DeiT paper's
   hard_vit      hard distillation from a transformer teacher (the `none` run of seed 0)
   hard_matched  hard distillation from the CNN stopped early, at the checkpoint whose test
                 top-1 is closest to the transformer teacher's (teacher accuracy matched)
+  hard_oracle   hard distillation from a perfect teacher (stored logits = 10 x one-hot of
+                the ground truth): what the distilled two-head model costs or gains when
+                its teacher adds nothing to the labels
   hard_views    hard distillation from crop-consistent precomputed logits (4 views/image)
   hard_online   hard distillation from the CNN run online on the same augmented batch
   soft          soft distillation on the dist token, the official code's tau 1, alpha 0.5
   soft_paper    soft distillation on the dist token, the paper's T 3, lambda 0.1
 
-Presets: ``cpu`` (default) every variant at the configs' budget (1,200 steps of batch 128)
-on two seeds -- hours on a 2-core machine, in resumable pieces; ``gpu`` none and hard on
+Presets: ``cpu`` (default) the paper's Table 2/3/4 variants (none, hard, hard_cls,
+soft_cls, hard_vit, hard_matched) on two seeds, 1,200 steps of batch 128 with the
+students at 7x7 patches and the CNN teacher trained 5 epochs -- about 1.5 hours on a
+2-core machine; ``cpu_all`` every variant at the configs' budget (4x4 patches, teacher
+10 epochs) on two seeds -- about 4 hours, in resumable pieces; ``gpu`` none and hard on
 two seeds at 1,800 steps of batch 1024 (30.7 epochs per student), sized for <= 8 minutes
 on one H200; ``tiny`` the Table 2/3/4 variants with tiny models and a few steps, which
 proves the whole script on CPU (tests/test_reproduce.py).
@@ -76,6 +82,7 @@ VARIANTS = {
     "soft_cls": (PLAIN, SOFT_PAPER, "cnn"),
     "hard_vit": (STUDENT, [], "vit"),
     "hard_matched": (STUDENT, [], "matched"),
+    "hard_oracle": (STUDENT, [], "oracle"),
     "hard_views": (STUDENT, [], "views"),
     "hard_online": (STUDENT, [], "online"),
     "soft": (STUDENT, ["distill.type=soft", "distill.alpha=0.5", "distill.tau=1.0"], "cnn"),
@@ -88,8 +95,14 @@ _TINY_MODEL = ["model.depth=1", "model.embed_dim=16", "model.num_heads=2",
 # steps: student train steps (0: the configs' 1,200); teacher_steps (0: the config's 10
 # epochs); matched_steps: the early-stopped CNN's schedule, checkpointed 12 times.
 PRESETS = {
-    "cpu": dict(seeds="0,1", only=",".join(VARIANTS), steps=0, teacher_steps=0,
-                matched_steps=468, student=[], teacher=[]),
+    # The paper's Table 2/3/4 analogues on two seeds in about 1.5 h of a 2-core CPU: the
+    # students at 7x7 patches (16 tokens, ~2x the step rate of 4x4), the CNN teacher 5
+    # epochs (2,340 steps).
+    "cpu": dict(seeds="0,1", only=",".join(PAPER_TABLES), steps=0, teacher_steps=2340,
+                matched_steps=468, student=["model.patch_size=7"], teacher=[]),
+    # Every variant at the configs' budget (4x4 patches, teacher 10 epochs): ~4 h.
+    "cpu_all": dict(seeds="0,1", only=",".join(VARIANTS), steps=0, teacher_steps=0,
+                    matched_steps=468, student=[], teacher=[]),
     # One H200: 1,800 steps of batch 1024 = 30.7 epochs per student; the teacher keeps
     # its batch-128 recipe (10 epochs).
     "gpu": dict(seeds="0,1", only="none,hard", steps=1800, teacher_steps=0,
@@ -149,6 +162,33 @@ def _run(args, log, clock=None, label=None):
     sys.exit(f"failed (exit {code}); see {log}")
   if clock is not None and label:
     clock.record(label, time.time() - start)
+
+
+def write_oracle_logits(real: str, out: str, per_class: int = 0, common=()) -> None:
+  """A perfect teacher's store: the real store's examples (``per_class`` images of each
+  class, 0: all), logits 10 x one-hot(truth); ``common``'s --config.data_dir is used."""
+  if os.path.exists(os.path.join(out, "manifest.json")):
+    return
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import fashion_mnist_deit_tiny
+  from deit_jax import config_glue
+  from deit_jax.teacher import store
+  manifest = store.read_manifest(real)
+  config = fashion_mnist_deit_tiny.get_config()
+  config.subset.per_class = per_class
+  for flag in common:
+    if flag.startswith("--config.data_dir="):
+      config.data_dir = flag.split("=", 1)[1]
+  source = config_glue.open_split(config, "train")
+  assert source.name == manifest["dataset"], (source.name, manifest["dataset"])
+  os.makedirs(out, exist_ok=True)
+  logits = 10.0 * np.eye(source.num_classes, dtype=np.float32)[source.labels]
+  shard = store.write_shard(out, np.arange(source.num_examples),
+                            store.compress(logits, "full", 0))
+  teacher = {"name": "oracle (the ground-truth labels)", "framework": "none"}
+  store.write_manifest(out, {**{k: v for k, v in manifest.items() if k != "format"},
+                             "shards": [shard], "storage": "full", "k": None,
+                             "teacher": teacher})
 
 
 def _disagreement(out, entries, common, log):
@@ -236,6 +276,8 @@ def run_all(work, seeds, only, common, steps=0, teacher_from="", preset=None):
   for i, (seed, name) in enumerate(todo):
     config, overrides, source = VARIANTS[name]
     run = os.path.join(work, f"{name}_s{seed}")
+    if os.path.exists(os.path.join(work, "results", f"{name}_s{seed}.json")):
+      continue  # trained and evaluated by an earlier invocation
     sets = [f"--config.{o}" for o in overrides] + [f"--config.seed={seed}"] + student_sets + (
         [f"--config.total_steps={steps}"] if steps else [])
     if source == "vit":
@@ -247,6 +289,10 @@ def run_all(work, seeds, only, common, steps=0, teacher_from="", preset=None):
     elif source == "matched":
       matched = _matched_teacher(work, common, preset, log, clock)
       sets.append(f"--config.distill.teacher_logits={matched['logits']}")
+    elif source == "oracle":
+      oracle = os.path.join(work, "logits", "oracle_train")
+      write_oracle_logits(logits["train"], oracle, common=common)
+      sets.append(f"--config.distill.teacher_logits={oracle}")
     elif source == "online":
       sets.append(f"--config.distill.teacher={teacher}")
     elif source in ("cnn", "views"):
@@ -313,14 +359,21 @@ def _markdown(header, rows):
                    ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _steps_of(work, run):
+  """', N steps' from a run's metrics (the last step logged), or ''."""
+  path = os.path.join(work, run, "metrics.jsonl")
+  steps = [json.loads(line).get("step", 0) for line in open(path)] if os.path.exists(path) else []
+  return f", {max(steps):,} steps" if steps else ""
+
+
 def report(work, figure=None):
   results = {}
   for file in sorted(os.listdir(os.path.join(work, "results"))):
     results[file[:-5]] = json.load(open(os.path.join(work, "results", file)))
   rows = []
   if "teacher_cnn" in results:
-    rows.append(["CNN teacher (cifar_resnet20)", "1", f"{results['teacher_cnn']['top1']:.2f}",
-                 "", "", ""])
+    rows.append([f"CNN teacher (cifar_resnet20{_steps_of(work, 'teacher_cnn')})", "1",
+                 f"{results['teacher_cnn']['top1']:.2f}", "", "", ""])
   matched = os.path.join(work, "matched_teacher.json")
   matched = json.load(open(matched)) if os.path.exists(matched) else None
   if matched:
@@ -438,6 +491,7 @@ def _plot(work, results, groups, header, rows, figure):
     tab = tx.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(9)
+    tab.auto_set_column_width([0])  # the run names in full
     tab.scale(1, 1.3)
   fig.tight_layout()
   out = os.path.join(work, "fashion_mnist.png")
@@ -456,8 +510,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                      help="budget and variants: cpu (all, configs' budget), gpu (one H200, "
-                      "<= 8 min), tiny (the whole script in minutes on CPU, for a test)")
+                      help="budget and variants: cpu (Tables 2-4, ~1.5 h on 2 cores), cpu_all "
+                      "(every variant, configs' budget, ~4 h), gpu (one H200, <= 8 min), "
+                      "tiny (the whole script in minutes on CPU, for a test)")
   parser.add_argument("--seeds", default="", help="default: the preset's")
   parser.add_argument("--only", default="", help="comma-separated variants (default: the "
                       "preset's)")

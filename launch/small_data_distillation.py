@@ -34,7 +34,7 @@ import os
 import subprocess
 import sys
 
-from reproduce_fashion_mnist import _run, _stats
+from reproduce_fashion_mnist import _run, _stats, write_oracle_logits
 
 PLAIN = "configs/fashion_mnist_deit_tiny.py"
 STUDENT = "configs/fashion_mnist_deit_tiny_distilled.py:full"
@@ -73,31 +73,6 @@ def evaluate_once(work, name, config, checkpoint, common, teacher_logits=None):
   return value
 
 
-def write_oracle_logits(real: str, out: str, per_class: int) -> None:
-  """A perfect teacher's store: the real store's examples, logits 10 x one-hot(truth)."""
-  if os.path.exists(os.path.join(out, "manifest.json")):
-    return
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  import numpy as np
-
-  from configs import fashion_mnist_deit_tiny
-  from deit_jax import config_glue
-  from deit_jax.teacher import store
-  manifest = store.read_manifest(real)
-  config = fashion_mnist_deit_tiny.get_config()
-  config.subset.per_class = per_class
-  source = config_glue.open_split(config, "train")
-  assert source.name == manifest["dataset"], (source.name, manifest["dataset"])
-  os.makedirs(out, exist_ok=True)
-  logits = 10.0 * np.eye(source.num_classes, dtype=np.float32)[source.labels]
-  shard = store.write_shard(out, np.arange(source.num_examples),
-                            store.compress(logits, "full", 0))
-  teacher = {"name": "oracle (the ground-truth labels)", "framework": "none"}
-  store.write_manifest(out, {**{k: v for k, v in manifest.items() if k != "format"},
-                             "shards": [shard], "storage": "full", "k": None,
-                             "teacher": teacher})
-
-
 def run_all(work, seeds, only, per_class, steps, common):
   os.makedirs(os.path.join(work, "results"), exist_ok=True)
   log = os.path.join(work, "log.txt")
@@ -110,7 +85,7 @@ def run_all(work, seeds, only, per_class, steps, common):
   for split, extra in (("train", []), ("test", ["--split=test"]), ("views", ["--views=4"])):
     _run(["deit_jax.teacher", "precompute", f"--config={TEACHER}", f"--checkpoint={teacher}",
           f"--out={logits[split]}", "--storage=full", *extra, *data], log)
-  write_oracle_logits(logits["train"], logits["oracle"], per_class)
+  write_oracle_logits(logits["train"], logits["oracle"], per_class, common)
   evaluate_once(work, "teacher_cnn", TEACHER, teacher, data, logits["test"])
   evaluate_once(work, "teacher_cnn_train", TEACHER, teacher, [*data, "--split=train"])
   # Both seeds of a variant before the next variant: a cut-off run still compares.
