@@ -140,7 +140,8 @@ class Clock:
     self.times = json.load(open(self.path)) if os.path.exists(self.path) else {}
 
   def record(self, label, seconds):
-    self.times[label] = seconds
+    # Added up: a resumed run's pieces count together, a re-invoked finished one its start-up.
+    self.times[label] = self.times.get(label, 0.0) + seconds
     json.dump(self.times, open(self.path, "w"), indent=2, sort_keys=True)
 
   def estimate(self, remaining):
