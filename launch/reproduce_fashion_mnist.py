@@ -304,8 +304,11 @@ def run_all(work, seeds, only, common, steps=0, teacher_from="", preset=None):
          clock, f"train {name}_s{seed}")
     clock.estimate(len(todo) - i - 1)
   for seed in sorted({s for s, _ in todo}):
-    _evaluate_seed(work, seed, [n for s, n in todo if s == seed], logits["test"], common,
-                   student_sets, log)
+    # The seed's matrix covers its runs of earlier invocations too (--only of a few
+    # variants must not drop the others from it).
+    done = lambda n, seed=seed: os.path.exists(os.path.join(work, "results", f"{n}_s{seed}.json"))
+    names = [n for n in VARIANTS if (seed, n) in todo or done(n)]
+    _evaluate_seed(work, seed, names, logits["test"], common, student_sets, log)
 
 
 def _evaluate_seed(work, seed, names, cnn_logits, common, student_sets, log):
