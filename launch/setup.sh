@@ -39,6 +39,19 @@ if [[ ${#packages[@]} -gt 0 ]]; then
 fi
 
 if [[ ! -x "$venv/bin/python" ]]; then
+  # A first install needs room: ~3 GiB for the package, ~9 GiB with the torch extra (pip on
+  # Linux x86_64 takes torch's CUDA build, its NVIDIA libraries ~4 GiB). Say so up front
+  # instead of failing half-way with pip's "No space left on device".
+  need_gib=3
+  [[ ",$extras," == *,torch,* ]] && need_gib=9
+  parent="$(dirname "$venv")"
+  free_gib=$(( $(df -Pk "$parent" | awk 'NR == 2 {print $4}') / 1048576 ))
+  if (( free_gib < need_gib )); then
+    echo "error: $free_gib GiB free on the disk of $parent; the environment" \
+         "${extras:+with extras [$extras] }needs about $need_gib GiB (set DEIT_JAX_VENV" \
+         "to a roomier place, or free some space)" >&2
+    exit 1
+  fi
   say "creating virtual environment $venv"
   "$python" -m venv "$venv"
 fi
