@@ -261,6 +261,47 @@ def test_batched_reads_equal_per_record_reads(fmnist_data_dir):
     np.testing.assert_array_equal(a[key], b[key])
 
 
+class _OneBadRecord:
+  """A TFDS data source whose record ``bad`` cannot be read (as from a corrupt chunk)."""
+
+  def __init__(self, inner, bad):
+    self.inner, self.bad = inner, bad
+
+  def __len__(self):
+    return len(self.inner)
+
+  def __getitem__(self, index):
+    if index == self.bad:
+      raise OSError("corrupt chunk")
+    return self.inner[index]
+
+  def __getitems__(self, indices):
+    if self.bad in indices:
+      raise OSError("corrupt chunk")
+    return self.inner.__getitems__(indices)
+
+
+def test_an_unreadable_record_drops_only_itself(fmnist_data_dir, monkeypatch, caplog):
+  builder = sources._tfds_builder("fashion_mnist", fmnist_data_dir, None)
+  host = pipeline.HostSlice(12)
+  stream = pipeline.train_positions(10_000, host, seed=1)
+  bad = int(next(iter(stream.skip(5)))[0])  # the example at local position 5
+  real = builder.as_data_source
+  monkeypatch.setattr(builder, "as_data_source",
+                      lambda *a, **k: _OneBadRecord(real(*a, **k), bad))
+  source = sources.from_builder(builder, "test", in_memory_limit_bytes=0)
+  config = pipeline.AugmentConfig(**FMNIST, repeated_aug=1)  # one copy of each image
+  for read_batch in (8, 1):  # batched reads, and the per-record path they fall back to
+    iterator = pipeline.TrainIterator(dataclasses.replace(source, read_batch=read_batch),
+                                      config, host, seed=1)
+    with caplog.at_level(logging.WARNING):
+      batches = _collect(iterator, 3)
+    assert iterator.skipped == 1  # not the whole read batch of 8
+    ids = np.concatenate([b["id"] for b in batches])
+    assert bad not in ids and len(ids) == 36
+  assert f"record {bad} is unreadable (OSError: corrupt chunk)" in caplog.text
+
+
 def test_tfrecord_preparation_is_refused_for_random_access(tmp_path):
   from deit_jax.data import fashion_mnist
   fashion_mnist.builder(str(tmp_path), file_format="tfrecord")

@@ -25,6 +25,7 @@ and the key precomputed teacher logits are joined on.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Callable
 
@@ -190,8 +191,28 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
   spec = builder.info.features.tf_example_spec
   spec = {"image": spec["image"], "label": spec["label"]}
 
+  # An unreadable record stands in as an empty image, which fails to decode downstream, so
+  # the train pipeline drops that one example (ignore_errors), not its whole read batch.
+  unreadable = tf.train.Example(features=tf.train.Features(feature={
+      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b""])),
+      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[-1]))}))
+  unreadable = unreadable.SerializeToString()
+
+  def read_one(index):
+    try:
+      return raw_source[index]
+    except Exception as e:  # any reader error: the index is what the log needs
+      logging.warning("%s/%s: record %d is unreadable (%s: %s)", name, split, index,
+                      type(e).__name__, e)
+      return unreadable
+
   def read_raw(indices):
-    return np.array(raw_source.__getitems__(indices.tolist()), dtype=object)
+    indices = indices.tolist()
+    try:
+      records = raw_source.__getitems__(indices)
+    except Exception:  # find the bad record(s): read this batch one record at a time
+      records = [read_one(i) for i in indices]
+    return np.array(records, dtype=object)
 
   def fetch_batch(indices):
     records = tf.numpy_function(read_raw, [indices], tf.string, stateful=False)
