@@ -215,6 +215,27 @@ def test_bad_augment_configs():
     pipeline.train_positions(5, pipeline.HostSlice(9), seed=0, repeats=3)
 
 
+def test_index_stream_is_the_documented_permutation():
+  """Each epoch visits a seeded permutation of the split (TF's stateless index_shuffle keyed
+  by (seed, epoch)); repeated-augmentation copies sit global_batch/repeats apart; every
+  element has its own augmentation seed. Checked element by element against the public
+  scalar function across an epoch boundary, for the second of two processes."""
+  n, seed, repeats = 50, 7, 2
+  host = pipeline.HostSlice(24, process_index=1, process_count=2)  # 2 steps per epoch
+  stream = list(pipeline.train_positions(n, host, seed=seed, repeats=repeats, start_step=1)
+                .take(3 * host.local_batch).as_numpy_iterator())
+  for index, aug_seed, k in stream:
+    step, j = k // 12, 12 + k % 12
+    epoch, unique = step // 2, (step % 2) * 12 + j % 12
+    expected = tf.random.experimental.index_shuffle(
+        tf.constant(unique, tf.int64), seed=tf.constant([seed, epoch], tf.int64), max_index=n - 1)
+    assert index == int(expected)
+    assert list(aug_seed) == [seed + 1, step * 24 + j]
+  assert [k for _, _, k in stream] == list(range(12, 48))
+  # step 1's 12 rows here are 12 images; their second copies are process 0's rows
+  assert len({int(i) for i, _, k in stream if k < 24}) == 12
+
+
 def test_random_access_source_equals_in_memory(fmnist_data_dir):
   in_memory = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir)
   random_access = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir,

@@ -33,6 +33,9 @@ from deit_jax.data.sources import Source
 from deit_jax.errors import ConfigError
 
 _INFINITE = 2 ** 62
+_LOCATE_CHUNK = 1024  # positions per call of the index stream's map
+# what tf.random.experimental.index_shuffle puts before a [2] seed (TF's stateless_random_ops)
+_INDEX_SHUFFLE_PAD = 498247692
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,19 +239,31 @@ def train_positions(num_examples: int, host: HostSlice, *, seed: int, repeats: i
   local = host.local_batch
   offset = host.process_index * local
 
-  def locate(k):
+  def locate(k):  # a vector of local positions at a time: one op call per chunk
     step = k // local
     j = offset + k % local                       # position in the global batch
     slot = j % unique_per_step                   # copies of one image are unique_per_step apart
     epoch, within = step // spe, step % spe
     unique_position = within * unique_per_step + slot
-    index = tf.random.experimental.index_shuffle(
-        unique_position, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
-        max_index=num_examples - 1)
-    aug_seed = tf.stack([tf.constant(seed, tf.int64) + 1, step * b + j])
+    index = _index_shuffle(unique_position, seed, epoch, num_examples - 1)
+    aug_seed = tf.stack([tf.fill(tf.shape(k), tf.constant(seed + 1, tf.int64)),
+                         step * b + j], axis=1)
     return index, aug_seed, k
 
-  return tf.data.Dataset.range(start_step * local, _INFINITE).map(locate)
+  return (tf.data.Dataset.range(start_step * local, _INFINITE).batch(_LOCATE_CHUNK)
+          .map(locate).unbatch())
+
+
+def _index_shuffle(positions, seed: int, epoch, max_index: int):
+  """``tf.random.experimental.index_shuffle(position, [seed, epoch], max_index)`` for
+  vectors of positions and epochs. (The public function pads a [n, 2] seed matrix along
+  the wrong axis, so it accepts only one seed; the raw op takes [n, 3] seeds, and a [2]
+  seed is the public function's pad constant followed by it.)"""
+  pad = tf.fill(tf.shape(positions), tf.constant(_INDEX_SHUFFLE_PAD, tf.int64))
+  seeds = tf.stack([pad, tf.fill(tf.shape(positions), tf.constant(seed, tf.int64)), epoch],
+                   axis=1)
+  return tf.raw_ops.RandomIndexShuffle(index=positions, seed=seeds,
+                                       max_index=tf.constant(max_index, tf.int64), rounds=4)
 
 
 def map_examples(ds: tf.data.Dataset, source: Source, fn) -> tf.data.Dataset:
