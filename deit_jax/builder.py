@@ -264,7 +264,7 @@ def train_step_from_config(config, model: Model, tx, schedule, state_sharding, m
 
 def build_eval_step(model_def: ts.ModelDef, params_sharding, rest_sharding, mesh) -> Callable:
   """Jitted ``(params, rest, batch) -> sums`` (``deit_jax.eval_step``)."""
-  return jax.jit(make_eval_step(model_def),
+  return jax.jit(sharding.on_mesh(make_eval_step(model_def), mesh),
                  in_shardings=(params_sharding, rest_sharding, sharding.batch_sharding(mesh)))
 
 

@@ -5,14 +5,19 @@ The mesh has three axes: ``data`` (pure data parallelism: parameters replicated)
 their "embed" dimension and gathered per layer by XLA), and ``tensor`` (Megatron-style
 splits of attention heads and MLP hidden units). The batch is split over data x fsdp.
 
-Models annotate parameters with logical names (``deit_jax.models.LOGICAL_AXES``);
-``RULES`` below is the only place that decides where each goes.
+Models annotate parameters with logical names (``deit_jax.models.LOGICAL_AXES``), and pin
+their activations with ``constrain(x, ("batch", None, None))``; ``RULES`` below is the only
+place that decides where each name goes. Pinning the residual stream to the batch split
+matters under FSDP: left to itself, XLA's sharding propagation follows the "embed"-sharded
+parameters into the activations and partitions part of the computation along the embedding
+(docs/tpu.md, "FSDP").
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -24,8 +29,9 @@ from deit_jax.errors import ConfigError
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# logical name -> mesh axis (or None: replicated along that dimension)
-RULES: tuple[tuple[str, str | None], ...] = (
+# logical name -> mesh axis or axes (or None: replicated along that dimension)
+RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),  # activations: the examples of a batch
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -80,12 +86,45 @@ def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int],
   spec = []
   for name, size in zip(names, shape):
     axis = table.get(name) if name is not None else None
-    if axis is not None and (mesh.shape[axis] == 1 or size % mesh.shape[axis]):
+    if axis is not None and (_axis_size(mesh, axis) == 1 or size % _axis_size(mesh, axis)):
       axis = None
     spec.append(axis)
   while spec and spec[-1] is None:
     spec.pop()
   return P(*spec)
+
+
+def _axis_size(mesh, axis: str | tuple[str, ...]) -> int:
+  return math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None], rules=RULES) -> jax.Array:
+  """``x`` pinned to the sharding its logical dimension names map to, where the function
+  is traced by ``on_mesh``; anywhere else (eager calls, un-meshed jits) ``x`` unchanged.
+  A named dimension that its mesh axes do not divide is left to XLA, not replicated."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+    return x
+  table = dict(rules)
+  spec = []
+  for name, size in zip(names, x.shape):
+    axis = table.get(name) if name is not None else None
+    if axis is not None and size % _axis_size(mesh, axis):
+      axis = P.UNCONSTRAINED
+    spec.append(axis)
+  return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def on_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """``fn`` traced with ``mesh`` as the abstract mesh, so that ``constrain`` applies in
+  it: wrap a step before ``jax.jit``."""
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules=RULES) -> Any:

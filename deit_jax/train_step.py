@@ -225,5 +225,5 @@ def jit_train_step(step_fn, state_sharding: TrainState, mesh: Mesh, batch_keys,
   in_shardings = (state_sharding, batch_sharding)
   if teacher_sharding is not None:
     in_shardings += (teacher_sharding,)
-  return jax.jit(step_fn, in_shardings=in_shardings,
+  return jax.jit(sharding.on_mesh(step_fn, mesh), in_shardings=in_shardings,
                  out_shardings=(state_sharding, metric_sharding), donate_argnums=(0,))

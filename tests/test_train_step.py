@@ -145,3 +145,25 @@ def test_logical_rules_replicate_what_does_not_divide():
   assert sharding.logical_to_spec(("embed", "mlp"), (768, 3072), mesh) == P("fsdp", "tensor")
   assert sharding.logical_to_spec(("embed", "classes"), (768, 1000), mesh) == P("fsdp")
   assert sharding.logical_to_spec(("embed",), (7,), mesh) == P()
+
+
+def test_activations_are_pinned_to_the_batch_split_only_on_a_mesh():
+  """``constrain`` is what keeps XLA from splitting the residual stream along the
+  embedding under FSDP (tests/test_pod_compile.py measures the collectives it saves)."""
+  def tokens(x):
+    return sharding.constrain(x, ("batch", None, None))
+
+  def pinned(x):
+    eqns = [e for e in jax.make_jaxpr(tokens)(x).jaxpr.eqns
+            if e.primitive.name == "sharding_constraint"]
+    return eqns[0].params["sharding"].spec if eqns else None
+
+  x = jnp.zeros((16, 5, 8))
+  assert pinned(x) is None  # eager use, or a jit without a mesh: untouched
+  mesh = jax.sharding.AbstractMesh((2, 4, 1), sharding.MESH_AXES)
+  with jax.sharding.use_abstract_mesh(mesh):
+    assert pinned(x) == P(("data", "fsdp"), None, None)
+    assert pinned(jnp.zeros((12, 5, 8))) == P(P.UNCONSTRAINED, None, None)  # 12 over 8
+  traced = sharding.on_mesh(pinned, jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(
+      1, 1, 1), sharding.MESH_AXES))
+  assert traced(x) == P(("data", "fsdp"), None, None)

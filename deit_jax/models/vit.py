@@ -29,9 +29,13 @@ from flax import nnx
 
 from deit_jax.errors import ConfigError
 from deit_jax.models.convnet import dtype_problems
+from deit_jax.sharding import constrain
 
 # Vocabulary of logical axis names; the sharding rules table maps these to mesh axes.
 LOGICAL_AXES = ("embed", "mlp", "heads", "kv", "classes", "qkv", "patch")
+# The residual stream (batch, tokens, embed): split by examples only, whatever the
+# parameters' sharding (deit_jax.sharding.constrain).
+_TOKENS = ("batch", None, None)
 
 HeadChoice = Literal["cls", "dist", "avg", "both"]
 AttentionImpl = Literal["xla", "dot_product", "cudnn"]
@@ -325,10 +329,10 @@ class VisionTransformer(nnx.Module):
     prefix = [self.cls_token] + ([self.dist_token] if cfg.distilled else [])
     tokens = [jnp.broadcast_to(t[...].astype(dt), (b, 1, cfg.embed_dim)) for t in prefix]
     x = jnp.concatenate(tokens + [x], axis=1) + self.pos_embed[...].astype(dt)
-    x = self.pos_drop(x)
+    x = constrain(self.pos_drop(x), _TOKENS)
     block_fn = nnx.remat(_apply_block) if cfg.remat else _apply_block
     for block in self.blocks:
-      x = block_fn(block, x)
+      x = constrain(block_fn(block, x), _TOKENS)
     return self.norm(x)
 
   def __call__(self, images: jax.Array, *, head: HeadChoice | None = None):
