@@ -47,11 +47,15 @@ def _assert_bitwise_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# The shared run also evaluates at step 20 and keeps the best checkpoint by EMA accuracy.
+STRAIGHT = ["--config.eval_every_steps=20", "--config.best_metric=eval_ema_top1"]
+
+
 @pytest.fixture(scope="module")
 def straight(fmnist_data_dir, tmp_path_factory):
   """One uninterrupted 40-step run, shared by the tests that only read it."""
   workdir = tmp_path_factory.mktemp("straight") / "run"
-  out = _run(workdir, fmnist_data_dir)
+  out = _run(workdir, fmnist_data_dir, *STRAIGHT)
   (workdir.parent / "stdout.txt").write_text(out.stdout)
   return workdir
 
@@ -73,14 +77,14 @@ def test_log_reports_run_health(straight):
 
 def test_resume_after_kill_is_bitwise_exact(fmnist_data_dir, straight, tmp_path):
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_command(killed, fmnist_data_dir), cwd=ROOT,
+  proc = subprocess.Popen(_command(killed, fmnist_data_dir, *STRAIGHT), cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while not (killed / "checkpoints" / "20").exists() and time.time() < deadline:
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)  # mid-run, possibly mid-save
   proc.wait()
-  resumed = _run(killed, fmnist_data_dir)
+  resumed = _run(killed, fmnist_data_dir, *STRAIGHT)
   assert "resumed from" in resumed.stdout
   _assert_bitwise_equal(_final_params(straight), _final_params(killed))
 
@@ -214,21 +218,18 @@ def test_init_from_another_architecture_is_one_line(fmnist_data_dir, straight, t
   assert out.stderr.strip().splitlines()[-1].startswith(f"error: init_from {straight}")
 
 
-def test_ema_metrics_and_best_checkpoint(fmnist_data_dir, tmp_path):
+def test_ema_metrics_and_best_checkpoint(fmnist_data_dir, straight, tmp_path):
   import json
-  workdir = tmp_path / "run"
-  flags = ["--config.total_steps=20", "--config.eval_every_steps=10", "--config.ema_decay=0.8",
-           "--config.best_metric=eval_ema_top1", "--config.checkpoint_every_steps=0"]
-  out = _run(workdir, fmnist_data_dir, *flags)
+  workdir = straight
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   evals = {row["step"]: row for row in rows if "eval_top1" in row}
-  assert sorted(evals) == [10, 20]
+  assert sorted(evals) == [20, 40]
   assert all("eval_ema_top1" in row and "eval_ema_loss" in row for row in evals.values())
   assert any(row["eval_ema_top1"] != row["eval_top1"] for row in evals.values())
   best_step = max(evals, key=lambda s: (evals[s]["eval_ema_top1"], -s))  # first of equals
   assert os.listdir(workdir / "best") == [str(best_step)]
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["20"]  # the latest ones, as before
-  assert "best eval_ema_top1 so far" in out.stdout
+  assert "40" in os.listdir(workdir / "checkpoints")  # the latest ones, as before
+  assert "best eval_ema_top1 so far" in (workdir.parent / "stdout.txt").read_text()
 
   result = subprocess.run([sys.executable, "-m", "deit_jax.evaluate",
                            "--config=configs/fashion_mnist_deit_tiny.py", f"--checkpoint={workdir}",
