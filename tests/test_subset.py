@@ -58,3 +58,10 @@ def test_whole_classes_and_no_selection(test_split):
 def test_impossible_requests_are_errors(test_split, kwargs, message):
   with pytest.raises(sources.DatasetError, match=message):
     subset.select(test_split, **kwargs)
+
+
+def test_labels_of_a_random_access_source_are_read_in_order(fmnist_data_dir, test_split):
+  random_access = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir,
+                                      in_memory_limit_bytes=0)
+  assert random_access.labels is None and random_access.read_batch > 1
+  np.testing.assert_array_equal(subset.labels_of(random_access), test_split.labels)

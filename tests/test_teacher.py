@@ -95,8 +95,11 @@ def test_join_by_id_under_shuffling_and_two_processes(fmnist_data_dir, tmp_path)
     np.testing.assert_array_equal(np.concatenate(global_ids[step]), next(single)["id"])
 
 
-def test_crop_consistent_views_replay_exactly(fmnist_data_dir, tmp_path):
-  source = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir)
+@pytest.mark.parametrize("in_memory_limit_bytes", [sources.IN_MEMORY_LIMIT_BYTES, 0],
+                         ids=["in_memory", "random_access"])  # the latter: batched reads
+def test_crop_consistent_views_replay_exactly(fmnist_data_dir, tmp_path, in_memory_limit_bytes):
+  source = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir,
+                               in_memory_limit_bytes=in_memory_limit_bytes)
   source.num_examples = 40  # the first 40 ids
   config = pipeline.AugmentConfig(image_size=28, crop="pad_crop", pad=2, randaugment=None,
                                   random_erasing=0.0, in_chans=1, mean=(0.5,), std=(0.5,),

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from deit_jax.data import pipeline
 from deit_jax.data.sources import DatasetError, Source
 
 
@@ -52,11 +53,12 @@ def class_indices(source: Source, classes: Sequence[str]) -> list[int]:
 
 
 def labels_of(source: Source) -> np.ndarray:
-  """Every example's label, read through ``fetch`` when the source does not hold them."""
+  """Every example's label, read from the source when it does not hold them (images are
+  not decoded)."""
   if source.labels is not None:
     return source.labels
-  ds = tf.data.Dataset.range(source.num_examples).map(
-      lambda i: source.fetch(i)["label"], num_parallel_calls=tf.data.AUTOTUNE)
+  ds = pipeline.map_examples(tf.data.Dataset.range(source.num_examples), source,
+                             lambda example: example["label"])
   return np.concatenate(list(ds.batch(4096).as_numpy_iterator())).astype(np.int64)
 
 

@@ -60,16 +60,15 @@ def _chunk_dataset(source: Source, augment: pipeline.AugmentConfig, first: int, 
   if views:
     ids = ids.flat_map(lambda i: tf.data.Dataset.range(views).map(lambda k: (i, k)))
 
-    def element(index, k):
-      example = source.fetch(index)
-      seed = tf.stack([tf.constant(view_seed, tf.int64), index * views + k])
+    def element(example, k):
+      seed = tf.stack([tf.constant(view_seed, tf.int64), example["id"] * views + k])
       view = pipeline.sample_view(example["image"], pipeline.augmentation_seeds(seed), source,
                                   augment)
       return {"image": pipeline.view_transform(example, view, source, augment), "view": view}
   else:
-    def element(index):
-      return {"image": pipeline.eval_transform(source.fetch(index), source, augment)}
-  ds = ids.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def element(example):
+      return {"image": pipeline.eval_transform(example, source, augment)}
+  ds = pipeline.map_examples(ids, source, element)  # batched reads where the source has them
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
