@@ -82,20 +82,21 @@ def logical_to_spec(names: Sequence[str | None] | None, shape: Sequence[int],
   replicated (e.g. 1000 classes over a tensor axis of 8)."""
   if not names:
     return P()
-  table = dict(rules)
-  spec = []
-  for name, size in zip(names, shape):
-    axis = table.get(name) if name is not None else None
-    if axis is not None and (_axis_size(mesh, axis) == 1 or size % _axis_size(mesh, axis)):
-      axis = None
-    spec.append(axis)
+  spec = [None if n == 1 or size % n else axis
+          for size, axis, n in _mapped(names, shape, mesh, rules)]
   while spec and spec[-1] is None:
     spec.pop()
   return P(*spec)
 
 
-def _axis_size(mesh, axis: str | tuple[str, ...]) -> int:
-  return math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
+def _mapped(names, shape, mesh, rules) -> list[tuple[int, Any, int]]:
+  """Per dimension: (its size, its mesh axis or axes by ``rules`` or None, their size)."""
+  table, out = dict(rules), []
+  for name, size in zip(names, shape):
+    axis = table.get(name) if name is not None else None
+    axes = () if axis is None else (axis,) if isinstance(axis, str) else axis
+    out.append((size, axis, math.prod(mesh.shape[a] for a in axes)))
+  return out
 
 
 def constrain(x: jax.Array, names: Sequence[str | None], rules=RULES) -> jax.Array:
@@ -105,13 +106,8 @@ def constrain(x: jax.Array, names: Sequence[str | None], rules=RULES) -> jax.Arr
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
     return x
-  table = dict(rules)
-  spec = []
-  for name, size in zip(names, x.shape):
-    axis = table.get(name) if name is not None else None
-    if axis is not None and size % _axis_size(mesh, axis):
-      axis = P.UNCONSTRAINED
-    spec.append(axis)
+  spec = [P.UNCONSTRAINED if axis is not None and size % n else axis
+          for size, axis, n in _mapped(names, x.shape, mesh, rules)]
   return jax.lax.with_sharding_constraint(x, P(*spec))
 
 

@@ -277,7 +277,7 @@ def run_all(work, seeds, only, common, steps=0, teacher_from="", preset=None):
   for i, (seed, name) in enumerate(todo):
     config, overrides, source = VARIANTS[name]
     run = os.path.join(work, f"{name}_s{seed}")
-    if os.path.exists(os.path.join(work, "results", f"{name}_s{seed}.json")):
+    if _finished(work, name, seed):
       continue  # trained and evaluated by an earlier invocation
     sets = [f"--config.{o}" for o in overrides] + [f"--config.seed={seed}"] + student_sets + (
         [f"--config.total_steps={steps}"] if steps else [])
@@ -306,9 +306,13 @@ def run_all(work, seeds, only, common, steps=0, teacher_from="", preset=None):
   for seed in sorted({s for s, _ in todo}):
     # The seed's matrix covers its runs of earlier invocations too (--only of a few
     # variants must not drop the others from it).
-    done = lambda n, seed=seed: os.path.exists(os.path.join(work, "results", f"{n}_s{seed}.json"))
-    names = [n for n in VARIANTS if (seed, n) in todo or done(n)]
+    names = [n for n in VARIANTS if (seed, n) in todo or _finished(work, n, seed)]
     _evaluate_seed(work, seed, names, logits["test"], common, student_sets, log)
+
+
+def _finished(work, name, seed) -> bool:
+  """Whether the run was trained and evaluated (by this or an earlier invocation)."""
+  return os.path.exists(os.path.join(work, "results", f"{name}_s{seed}.json"))
 
 
 def _evaluate_seed(work, seed, names, cnn_logits, common, student_sets, log):
