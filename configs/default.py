@@ -34,6 +34,11 @@ def get_config():
       mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_smoothing=0.1))
 
   config.batch_size = 1024            # global
+  # The official run's GPU count: the global batch is laid out as this many equal groups of
+  # rows, one GPU's batch each there: repeated-augmentation copies land in consecutive groups
+  # (the official RASampler), and Mixup/CutMix draw once per group (per GPU, as timm's Mixup
+  # does in each process). configs/imagenet_recipe.py sets the official commands' values.
+  config.batch_groups = 1
   config.num_epochs = 300.0
   config.total_steps = 0              # > 0 overrides num_epochs
   config.grad_accum_steps = 1

@@ -24,6 +24,9 @@ runs a teacher online (distill.teacher).
 
 from configs import default
 
+# The official commands' GPUs (README_deit.md): DeiT-Ti/S on one node of 4 GPUs x 256
+# images, DeiT-B (and its 384 fine-tune) on 2 nodes x 8 GPUs x 64 (x 32): config.batch_groups.
+OFFICIAL_GPUS = {"tiny": 4, "small": 4, "base": 16}
 VARIANTS = ("hard", "soft", "none", "hard_cls", "soft_cls", "online")
 # variant -> (distill.type, distilled model, alpha, tau, kl_reduction)
 _DISTILLATION = {
@@ -48,6 +51,7 @@ def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
   config.aug.image_size = img_size
   config.aug.crop_pct = 0.875 if img_size == 224 else 1.0
   config.batch_size = batch_size
+  config.batch_groups = OFFICIAL_GPUS[size]
   config.num_epochs = float(epochs)
   config.optimizer.lr = lr
   config.optimizer.weight_decay = weight_decay

@@ -101,6 +101,6 @@ def eval_teacher(logits_path: str | None, source) -> Teacher:
   return PrecomputedTeacher(store, EVAL_KEYS)
 
 
-def host_slice(batch_size: int) -> pipeline.HostSlice:
-  """This process's slice of every global batch."""
-  return pipeline.HostSlice(batch_size, jax.process_index(), jax.process_count())
+def host_slice(batch_size: int, groups: int = 1) -> pipeline.HostSlice:
+  """This process's slice of every global batch (laid out in ``groups``: pipeline)."""
+  return pipeline.HostSlice(batch_size, jax.process_index(), jax.process_count(), groups)

@@ -69,7 +69,7 @@ def train(config, workdir: str) -> dict:
   train_source = config_glue.open_split(config, config.train_split)
   eval_source = config_glue.open_split(config, config.eval_split)
   augment = config_glue.augment_config(config)
-  host = config_glue.host_slice(config.batch_size)
+  host = config_glue.host_slice(config.batch_size, config.batch_groups)
   steps_per_epoch = pipeline.steps_per_epoch(train_source.num_examples, config.batch_size)
   total_steps = builder.total_steps(config, steps_per_epoch)
 

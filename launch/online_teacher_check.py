@@ -64,8 +64,8 @@ def check(config, teacher: str, steps: int, dtypes: list[str]) -> dict:
   source = cli.open_split(config, config.train_split)
   augment = cli.augment_config(config)
   mix = mixup.MixupConfig(**config.mixup.to_dict())
-  stream = pipeline.TrainIterator(source, augment, pipeline.Sharding(config.batch_size),
-                                  seed=config.seed)
+  host = pipeline.HostSlice(config.batch_size, groups=config.batch_groups)
+  stream = pipeline.TrainIterator(source, augment, host, seed=config.seed)
   rng = jax.random.key_data(jax.random.key(config.seed))  # the TrainState's rng
   fns = {d: _logits_fn(teacher, d) for d in dtypes}
   hits = {d: {"augmented": 0, "clean": 0, "labels_differ": 0} for d in dtypes}

@@ -5,6 +5,7 @@ import inspect
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 from configs import imagenet_recipe
@@ -95,3 +96,63 @@ def test_default_is_the_distilled_hard_row_and_unknown_variants_are_named():
       "deit_small_distilled_patch16_224"
   with pytest.raises(ValueError, match="hard_cls"):
     imagenet_recipe.recipe("tiny", "hard-cls")
+
+
+# ---------------------------------------------------------------------------
+# The first batch of every config, at its own global batch
+# ---------------------------------------------------------------------------
+
+V4_32_HOSTS = 4  # the ImageNet and transfer configs' documented slice (docs/launch.md)
+
+
+def _stand_in_source(num_examples: int, num_classes: int = 10):
+  """ImageNet-like encoded photos (JPEGs of a few sizes) standing for a config's dataset:
+  only the data location may differ from the config as shipped."""
+  import tensorflow as tf
+
+  from deit_jax.data import sources
+  rng = np.random.RandomState(0)
+  jpegs = tf.constant([tf.io.encode_jpeg(rng.randint(0, 255, (h, w, 3)).astype(np.uint8))
+                       .numpy() for h, w in ((375, 500), (500, 333), (240, 320))])
+
+  def fetch(index):
+    index = tf.cast(index, tf.int64)
+    return {"image": tf.gather(jpegs, index % 3), "label": index % num_classes, "id": index}
+
+  return sources.Source("stand-in", "train", num_examples, num_classes, 3, True, fetch)
+
+
+def test_first_batch_of_every_config_at_its_own_batch(fmnist_data_dir):
+  """Each config file and variant in configs/ as shipped (no override but the data): its
+  train stream at its global batch, batch_groups and repeated augmentation, as the last
+  host of its slice draws it (4 hosts of a v4-32 for ImageNet and transfer, one CPU
+  process for Fashion-MNIST). Configs that read the data identically share one draw."""
+  from deit_jax import config_glue
+  from deit_jax.data import pipeline
+  drawn = {}
+  for name, module, variant in _configs():
+    if name == "default":
+      continue
+    config = _load(module, variant)
+    augment = config_glue.augment_config(config)
+    fashion = config.dataset == "fashion_mnist"
+    hosts = 1 if fashion else V4_32_HOSTS
+    host = pipeline.HostSlice(config.batch_size, hosts - 1, hosts, config.batch_groups)
+    key = (augment, host, config.dataset if fashion else "stand-in")
+    if key not in drawn:
+      if fashion:
+        config.data_dir = fmnist_data_dir  # the data location: the one override allowed
+        source = config_glue.open_split(config, config.train_split)
+      else:
+        source = _stand_in_source(config.batch_size + 76)
+      drawn[key] = next(pipeline.TrainIterator(source, augment, host, seed=config.seed))
+    batch = drawn[key]
+    size, channels = augment.image_size, augment.in_chans
+    assert batch["image"].shape == (config.batch_size // hosts, size, size, channels), name
+    assert ((batch["label"] >= 0) & (batch["label"] < config.num_classes)).all(), name
+    if augment.repeated_aug > 1 and config.batch_groups > 1:
+      # an image's copies land in consecutive groups ("GPUs"): this host's rows hold at most
+      # as many copies as it holds groups
+      _, counts = np.unique(batch["id"], return_counts=True)
+      assert counts.max() <= min(augment.repeated_aug, -(-config.batch_groups // hosts)), name
+  assert len(drawn) >= 3

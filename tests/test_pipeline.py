@@ -83,14 +83,46 @@ def test_epoch_is_a_permutation(fmnist_test):
 
 def test_repeated_augmentation_layout(fmnist_test):
   config = pipeline.AugmentConfig(**FMNIST, repeated_aug=3)
-  batch = next(pipeline.TrainIterator(fmnist_test, config, pipeline.HostSlice(96), seed=0))
+  host = pipeline.HostSlice(96, groups=3)  # three "GPUs": each holds one copy of 32 images
+  batch = next(pipeline.TrainIterator(fmnist_test, config, host, seed=0))
   ids, images = batch["id"].reshape(3, 32), batch["image"].reshape(3, 32, -1)
   assert (ids == ids[0]).all() and len(np.unique(ids[0])) == 32
   assert not np.allclose(images[0], images[1])  # independent augmentations of each copy
   steps = pipeline.steps_per_epoch(10000, 96)
   seen = np.concatenate([b["id"][:32] for b in _collect(
-      pipeline.TrainIterator(fmnist_test, config, pipeline.HostSlice(96), seed=0), steps)])
+      pipeline.TrainIterator(fmnist_test, config, host, seed=0), steps)])
   assert len(np.unique(seen)) == steps * 32  # an epoch covers ~1/3 of the unique images
+
+
+def _official_ra_batch(n, seed, epoch, step, *, batch, groups, repeats):
+  """The global batch of ``step`` (within ``epoch``) as the official RASampler
+  (facebookresearch/deit samplers.py) deals it to ``groups`` replicas of ``batch/groups``
+  each: the epoch's permutation with every index repeated ``repeats`` times in a row,
+  replica g taking every groups-th element from g."""
+  perm = [int(tf.random.experimental.index_shuffle(
+      tf.constant(u, tf.int64), seed=tf.constant([seed, epoch], tf.int64), max_index=n - 1))
+      for u in range(n)]
+  repeated = [i for i in perm for _ in range(repeats)]
+  per_replica = batch // groups
+  return np.concatenate([repeated[g::groups][step * per_replica:(step + 1) * per_replica]
+                         for g in range(groups)])
+
+
+@pytest.mark.parametrize("batch,groups,repeats", [(16, 4, 3), (20, 2, 3), (12, 1, 2)])
+def test_repeated_augmentation_deals_like_the_official_sampler(batch, groups, repeats):
+  """Any global batch (16 and 20 are not multiples of 3): the two processes' rows of every
+  step are the official sampler's replicas' batches, laid out replica after replica."""
+  n, seed = 41, 3
+  spe = pipeline.steps_per_epoch(n, batch)
+  for step in range(2 * spe):  # across an epoch boundary
+    rows = []
+    for p in range(2):
+      host = pipeline.HostSlice(batch, p, 2, groups)
+      stream = pipeline.train_positions(n, host, seed=seed, repeats=repeats, start_step=step)
+      rows += [int(i) for i, _, _ in stream.take(host.local_batch).as_numpy_iterator()]
+    expected = _official_ra_batch(n, seed, step // spe, step % spe, batch=batch, groups=groups,
+                                  repeats=repeats)
+    np.testing.assert_array_equal(rows, expected, err_msg=f"step {step}")
 
 
 def test_global_batch_is_independent_of_process_count(fmnist_test):
@@ -209,19 +241,19 @@ def test_bad_augment_configs():
     pipeline.AugmentConfig(in_chans=1)
   with pytest.raises(ValueError, match="bad RandAugment spec"):
     pipeline.AugmentConfig(randaugment="rand-x")
-  with pytest.raises(ValueError, match="not divisible by repeated_aug 3"):
-    pipeline.train_positions(100, pipeline.HostSlice(10), seed=0, repeats=3)
+  with pytest.raises(ValueError, match="does not split into batch_groups=3"):
+    pipeline.HostSlice(10, groups=3)
   with pytest.raises(ValueError, match="larger than the split"):
     pipeline.train_positions(5, pipeline.HostSlice(9), seed=0, repeats=3)
 
 
 def test_index_stream_is_the_documented_permutation():
   """Each epoch visits a seeded permutation of the split (TF's stateless index_shuffle keyed
-  by (seed, epoch)); repeated-augmentation copies sit global_batch/repeats apart; every
-  element has its own augmentation seed. Checked element by element against the public
-  scalar function across an epoch boundary, for the second of two processes."""
+  by (seed, epoch)); with two groups and two repeats an image's copies sit global_batch/2
+  apart; every element has its own augmentation seed. Checked element by element against
+  the public scalar function across an epoch boundary, for the second of two processes."""
   n, seed, repeats = 50, 7, 2
-  host = pipeline.HostSlice(24, process_index=1, process_count=2)  # 2 steps per epoch
+  host = pipeline.HostSlice(24, process_index=1, process_count=2, groups=2)  # 2 steps/epoch
   stream = list(pipeline.train_positions(n, host, seed=seed, repeats=repeats, start_step=1)
                 .take(3 * host.local_batch).as_numpy_iterator())
   for index, aug_seed, k in stream:

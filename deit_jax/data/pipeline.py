@@ -1,15 +1,19 @@
 """tf.data train/eval pipelines of the DeiT recipe, sharded over hosts, exactly resumable.
 
-Order of examples. The global batch of step ``s`` is a pure function of (seed, s): epoch
-``e = s // steps_per_epoch`` walks a stateless random permutation of the split
-(``tf.random.experimental.index_shuffle`` keyed by (seed, e)); with repeated augmentation
-x r, a global batch holds B/r unique examples, each r times, the copies B/r positions
-apart (so they land on different devices/hosts, like the official RASampler spreads them
-over replicas), and an epoch therefore covers 1/r of the unique images. Process ``p`` of
-``P`` materialises positions [p*B/P, (p+1)*B/P) of every global batch. Each example's
-augmentation is seeded by its global position (seed, s*B + j). Consequences: the same
-global batch whatever the host count, and resuming is "start at step s" -- the iterator
-state is one integer.
+Order of examples. The global batch of step ``s`` is a pure function of (seed, s), built
+like the official RASampler (facebookresearch/deit, samplers.py) builds it over its GPUs:
+epoch ``e = s // steps_per_epoch`` walks a stateless random permutation of the split
+(``tf.random.experimental.index_shuffle`` keyed by (seed, e)) in which every image is
+repeated r times in a row (repeated augmentation x r; r = 1: no repeats); step s of the
+epoch takes positions [s*B, (s+1)*B) of that list, whatever B (so an epoch covers 1/r of
+the unique images, and an image's copies may straddle two steps, as in the official code).
+The batch is laid out as G equal groups standing for the official run's G GPUs
+(``batch_groups``): row i of group g takes list position s*B + g + G*i, as the official
+replica g takes every G-th element, so an image's copies land in consecutive groups.
+Process ``p`` of ``P`` materialises rows [p*B/P, (p+1)*B/P) of every global batch. Each
+example's augmentation is seeded by its global position (seed, s*B + j). Consequences: the
+same global batch whatever the host count, and resuming is "start at step s" -- the
+iterator state is one integer.
 
 Train transform (DeiT paper Table 9; the official repo's timm transforms):
 RandomResizedCrop (JPEGs decode only the crop window) or, for small images, pad + random
@@ -72,16 +76,21 @@ class AugmentConfig:
 
 @dataclasses.dataclass(frozen=True)
 class HostSlice:
-  """This process's slice of every global batch: rows [p*B/P, (p+1)*B/P)."""
+  """This process's slice of every global batch: rows [p*B/P, (p+1)*B/P); the batch is laid
+  out as ``groups`` equal groups of rows (the official run's GPUs: module docstring)."""
 
   global_batch: int
   process_index: int = 0
   process_count: int = 1
+  groups: int = 1
 
   def __post_init__(self):
     if self.global_batch % self.process_count:
       raise ConfigError(f"global batch {self.global_batch} is not divisible by the "
                        f"{self.process_count} processes")
+    if self.groups < 1 or self.global_batch % self.groups:
+      raise ConfigError(f"global batch {self.global_batch} does not split into batch_groups="
+                        f"{self.groups} equal groups: use a divisor of the batch")
 
   @property
   def local_batch(self) -> int:
@@ -231,21 +240,18 @@ def train_positions(num_examples: int, host: HostSlice, *, seed: int, repeats: i
                     start_step: int = 0) -> tf.data.Dataset:
   """(index, augmentation seed, local position) of this process's examples from
   ``start_step`` on; local position k belongs to step k // local_batch."""
-  b = host.global_batch
-  if b % repeats:
-    raise ConfigError(f"global batch {b} is not divisible by repeated_aug {repeats}")
+  b, groups = host.global_batch, host.groups
   spe = steps_per_epoch(num_examples, b)
-  unique_per_step = b // repeats
   local = host.local_batch
   offset = host.process_index * local
 
   def locate(k):  # a vector of local positions at a time: one op call per chunk
     step = k // local
-    j = offset + k % local                       # position in the global batch
-    slot = j % unique_per_step                   # copies of one image are unique_per_step apart
+    j = offset + k % local                       # row in the global batch
+    group, row = j // (b // groups), j % (b // groups)
     epoch, within = step // spe, step % spe
-    unique_position = within * unique_per_step + slot
-    index = _index_shuffle(unique_position, seed, epoch, num_examples - 1)
+    listed = within * b + group + groups * row   # position in the epoch's repeated list
+    index = _index_shuffle(listed // repeats, seed, epoch, num_examples - 1)
     aug_seed = tf.stack([tf.fill(tf.shape(k), tf.constant(seed + 1, tf.int64)),
                          step * b + j], axis=1)
     return index, aug_seed, k
