@@ -39,13 +39,13 @@ _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubbl
            "retina", "immunohistochemistry", "colorwheel")
 
 
-def make_image_folder(root: str, count: int, size=(375, 500), seed: int = 0) -> str:
-  """``count`` JPEGs of ``size`` cut (random crop, scale, flip) from real sample photos."""
-  try:  # optional: the [bench] extra
+def photo_crops(count: int, size=(375, 500), seed: int = 0):
+  """``count`` JPEG-encoded images of ``size`` (h, w) cut (random crop, scale, flip) from
+  scikit-image's real sample photographs, one after another."""
+  try:  # optional: the [bench] and [test] extras
     from skimage import data as skdata
   except ImportError:
-    raise UserError("the benchmark needs scikit-image's sample photos: "
-                    "pip install scikit-image") from None
+    raise UserError("real sample photos need scikit-image: pip install scikit-image") from None
   photos = []
   for name in _PHOTOS:
     loader = getattr(skdata, name, None)
@@ -60,8 +60,6 @@ def make_image_folder(root: str, count: int, size=(375, 500), seed: int = 0) -> 
   if not photos:
     raise UserError("no usable scikit-image sample photos found")
   rng = np.random.RandomState(seed)
-  folder = os.path.join(root, "train", "photos")
-  os.makedirs(folder, exist_ok=True)
   for i in range(count):
     photo = photos[i % len(photos)]
     scale = rng.uniform(0.6, 1.0)
@@ -70,7 +68,14 @@ def make_image_folder(root: str, count: int, size=(375, 500), seed: int = 0) -> 
     crop = tf.image.resize(photo[top:top + h, left:left + w], size, antialias=True)
     if rng.rand() < 0.5:
       crop = crop[:, ::-1]
-    jpeg = tf.io.encode_jpeg(tf.cast(tf.round(crop), tf.uint8), quality=90)
+    yield tf.io.encode_jpeg(tf.cast(tf.round(crop), tf.uint8), quality=90).numpy()
+
+
+def make_image_folder(root: str, count: int, size=(375, 500), seed: int = 0) -> str:
+  """``count`` JPEGs of ``size`` cut from real sample photos (``photo_crops``)."""
+  folder = os.path.join(root, "train", "photos")
+  os.makedirs(folder, exist_ok=True)
+  for i, jpeg in enumerate(photo_crops(count, size, seed)):
     tf.io.write_file(os.path.join(folder, f"{i:05d}.jpg"), jpeg)
   return root
 
