@@ -9,6 +9,8 @@ in ``deit_jax.builder``. Used by the entry points; imports none of them.
 from __future__ import annotations
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from deit_jax import checkpoint
 from deit_jax.data import pipeline, sources, subset
@@ -27,7 +29,11 @@ def augment_config(config) -> pipeline.AugmentConfig:
 def open_split(config, split: str) -> sources.Source:
   """``split`` of the config's dataset, narrowed to ``config.subset``: its classes on every
   split, its ``per_class`` examples on the train split only (evaluation keeps every example
-  of the kept classes)."""
+  of the kept classes). In a multi-process job, a dataset that still has to be prepared is
+  prepared by process 0 while the others wait (``sources.prepare_once``)."""
+  if jax.process_count() > 1:
+    sources.prepare_once(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
+                         first=jax.process_index() == 0, agree=_agree_with_process_0)
   source = sources.open_source(config.dataset, split, data_dir=config.data_dir,
                                manual_dir=config.manual_dir)
   chosen = config.subset
@@ -38,6 +44,11 @@ def open_split(config, split: str) -> sources.Source:
     raise UserError(f"config.num_classes={config.num_classes} but {source.name} has "
                     f"{source.num_classes} classes")
   return source
+
+
+def _agree_with_process_0(ok: bool) -> bool:
+  """A barrier across all processes that returns process 0's ``ok``."""
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 def open_teacher_logits(path: str, source: sources.Source) -> TeacherLogits:

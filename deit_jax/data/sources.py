@@ -12,7 +12,9 @@ example at a time is costly, ``fetch_batch(indices) -> {"image": [n], "label": [
   held in memory as decoded uint8 arrays;
 * large TFDS datasets (imagenet2012, ...) are read through TFDS's random-access data
   source, which needs the dataset prepared in the ``array_record`` file format (this
-  module prepares it that way when it prepares it). ``fetch`` reads one record through
+  module prepares it that way when it prepares it; on a non-local data dir such as gs://
+  it refuses and names ``deit_jax.data.prepare``, which builds locally and copies the
+  result there). ``fetch`` reads one record through
   TFDS's Python decoding; ``fetch_batch`` reads ``read_batch`` raw records in one Python
   call and parses them with ``tf.io.parse_example`` outside the GIL;
 * ``imagefolder:<root>`` lists ``<root>/<split>/<class>/<image>`` once, sorted, and reads
@@ -76,33 +78,102 @@ def open_source(dataset: str, split: str, *, data_dir: str | None = None,
 # TFDS
 # ---------------------------------------------------------------------------
 
-def _array_record_builder(make):
-  """``make(file_format)``, preferring array_record; keeps an existing preparation's format."""
-  try:
-    return make("array_record")
-  except ValueError as e:
-    if "File format is already set" not in str(e):
-      raise
-    return make(None)
+PREPARE_COMMAND = "python -m deit_jax.data.prepare"
+ARRAY_RECORD = tfds.core.FileFormat.ARRAY_RECORD
 
 
-def _tfds_builder(name: str, data_dir, manual_dir):
-  if name == "fashion_mnist":
-    return _array_record_builder(lambda fmt: fashion_mnist.builder(
-        data_dir, manual_dir or fashion_mnist.DEFAULT_MANUAL_DIR, file_format=fmt))
+def is_local(path) -> bool:
+  """Whether ``path`` is on this machine's file system (no ``scheme://``, or ``file://``)."""
+  path = os.fspath(path)
+  return "://" not in path or path.startswith("file://")
+
+
+def tfds_builder(name: str, data_dir=None, *, file_format=ARRAY_RECORD):
+  """The TFDS builder of ``name`` in ``data_dir`` (TFDS's default when None), prepared or
+  not: the project's offline Fashion-MNIST builder for ``fashion_mnist``. ``file_format`` is
+  for a preparation still to come; an existing preparation keeps its own format."""
+
+  def make(fmt):
+    if name == "fashion_mnist":
+      return fashion_mnist.FashionMNISTFromManualDir(data_dir=data_dir, file_format=fmt)
+    return tfds.builder(name, data_dir=data_dir, file_format=fmt)
+
   try:
-    builder = _array_record_builder(
-        lambda fmt: tfds.builder(name, data_dir=data_dir, file_format=fmt))
+    try:
+      return make(file_format)
+    except ValueError as e:
+      if "File format is already set" not in str(e):
+        raise
+      return make(None)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DatasetError(f"unknown dataset {name!r}: not a TFDS dataset name (or use "
                        "'imagefolder:<root>' for your own images)") from e
-  if not builder.is_prepared():
-    try:
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir))
-    except AssertionError as e:  # TFDS signals missing manual files with an assertion
-      raise DatasetError(f"{name}: manual files missing: {e}".replace("\n", " ")) from e
+
+
+def prepare_hint(name: str, data_dir, manual_dir=None) -> str:
+  """The command that builds ``name`` on a local disk and copies it to ``data_dir``."""
+  manual = f" --manual_dir={manual_dir}" if manual_dir else ""
+  return (f"{PREPARE_COMMAND} --dataset={name} --data_dir={data_dir} "
+          f"--local_dir=/LOCAL/DISK/tensorflow_datasets{manual}")
+
+
+def check_writable(builder, name: str, manual_dir=None) -> None:
+  """Refuses, in one line and before any work, an ``array_record`` preparation outside the
+  local file system: the array_record writer opens local files only, and TFDS writes the
+  shards after a full pass over the data (google/array_record#120,
+  tensorflow/datasets#10981)."""
+  root = os.fspath(builder.data_dir_root)
+  if builder.info.file_format == ARRAY_RECORD and not is_local(root):
+    raise DatasetError(
+        f"{name} is not prepared in {root}, and array_record files cannot be written there "
+        f"(the array_record writer writes local files only, after a full pass over the data: "
+        f"google/array_record#120, tensorflow/datasets#10981); build it on a local disk and "
+        f"copy it: {prepare_hint(name, root, manual_dir)}")
+
+
+def prepare_builder(builder, name: str, manual_dir=None):
+  """``builder`` prepared (in its file format), or the one-line reason it cannot be."""
+  if builder.is_prepared():
+    return builder
+  check_writable(builder, name, manual_dir)
+  fmt = builder.info.file_format.value
+  if name == "fashion_mnist":
+    return fashion_mnist.builder(os.fspath(builder.data_dir_root),
+                                 manual_dir or fashion_mnist.DEFAULT_MANUAL_DIR, file_format=fmt)
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir))
+  except AssertionError as e:  # TFDS signals missing manual files with an assertion
+    raise DatasetError(f"{name}: manual files missing: {e}".replace("\n", " ")) from e
   return builder
+
+
+def _tfds_builder(name: str, data_dir, manual_dir):
+  return prepare_builder(tfds_builder(name, data_dir), name, manual_dir)
+
+
+def prepare_once(dataset: str, *, data_dir=None, manual_dir=None, first: bool,
+                 agree: Callable[[bool], bool]) -> None:
+  """For a multi-process job: the ``first`` process prepares TFDS ``dataset`` if needed while
+  the others wait, so that a shared data dir is written once. ``agree(ok)`` is a barrier
+  across all processes that returns the first process's ``ok``; every process calls it once
+  per call of this function (``imagefolder:`` datasets need no preparation, and no barrier).
+  The first process's error is raised there; the others report that it failed. Afterwards
+  each process opens the dataset as usual (a process whose data dir is its own local disk
+  still prepares its own copy then)."""
+  if dataset.startswith("imagefolder:"):
+    return
+  error = None
+  if first:
+    try:
+      _tfds_builder(dataset, data_dir, manual_dir)
+    except Exception as e:  # re-raised below, after the others have been told
+      error = e
+  ok = agree(error is None)
+  if error is not None:
+    raise error
+  if not ok:
+    raise DatasetError(f"{dataset}: process 0 failed to prepare it (its log says why)")
 
 
 def _check_split(builder, split: str, name: str) -> int:
@@ -173,8 +244,8 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
   except Exception as e:  # TFDS raises assorted types for a non-array_record preparation
     raise DatasetError(
         f"{name} in {builder.data_dir} was not prepared in the array_record format, which "
-        f"random access needs; re-prepare it (delete the folder and let deit_jax prepare "
-        f"it) or convert it with `tfds convert_format` ({e})") from e
+        f"random access needs; prepare it again into an empty data dir: "
+        f"{prepare_hint(name, '<NEW_DATA_DIR>')} ({e})") from e
 
   def read(index):
     record = data_source[int(index)]
