@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from deit_jax import files
 
 FLAGS = flags.FLAGS
 
@@ -91,8 +92,7 @@ def _step(number, total, title, args, json_out=None):
     code = proc.wait()
     result = json.loads(lines[-1]) if code == 0 and lines else None
     if result is not None:
-      with open(json_out, "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
+      files.write_text(json_out, json.dumps(result, indent=2, sort_keys=True))
   if code != 0:
     print(f"chain: step {number} ({title}) failed with exit code {code}", file=sys.stderr)
     sys.exit(code)
@@ -104,16 +104,16 @@ def _step(number, total, title, args, json_out=None):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  work = FLAGS.workdir
-  if FLAGS.fresh and os.path.exists(work):
-    shutil.rmtree(work)
-  os.makedirs(os.path.join(work, "results"), exist_ok=True)
+  work = files.absolute(FLAGS.workdir)  # local or gs://, like every command it runs
+  if FLAGS.fresh and files.exists(work):
+    files.rmtree(work)
+  files.makedirs(files.join(work, "results"))
   common = _overrides(FLAGS.set)
   teacher_cfg = [f"--config={FLAGS.teacher_config}", *common, *_overrides(FLAGS.teacher_set)]
   student_cfg = [f"--config={FLAGS.student_config}", *common, *_overrides(FLAGS.student_set)]
-  teacher_dir, student_dir = os.path.join(work, "teacher"), os.path.join(work, "student")
-  train_logits = os.path.join(work, "teacher_logits", "train")
-  eval_logits = os.path.join(work, "teacher_logits", FLAGS.eval_split)
+  teacher_dir, student_dir = files.join(work, "teacher"), files.join(work, "student")
+  train_logits = files.join(work, "teacher_logits", "train")
+  eval_logits = files.join(work, "teacher_logits", FLAGS.eval_split)
   storage = [f"--storage={FLAGS.storage}", f"--k={FLAGS.k}",
              f"--batch_size={FLAGS.precompute_batch_size}"]
   start = time.time()
@@ -136,8 +136,8 @@ def main(argv):
   student = _step(5, 5, "evaluate the student (and its agreement with the teacher)",
                   ["deit_jax.evaluate", *student_cfg, f"--checkpoint={student_dir}",
                    f"--split={FLAGS.eval_split}", f"--teacher_logits={eval_logits}", "--json"],
-                  os.path.join(work, "results", "student.json"))
-  teacher = json.load(open(os.path.join(train_logits, "manifest.json")))["teacher"]
+                  files.join(work, "results", "student.json"))
+  teacher = json.loads(files.read_text(files.join(train_logits, "manifest.json")))["teacher"]
   print(table(teacher["name"], student, time.time() - start), flush=True)
   print("\nstage times:\n" + "\n".join(f"  {seconds:6.0f} s  {title}"
                                          for title, seconds in _STAGE_TIMES), flush=True)

@@ -7,9 +7,9 @@ and fine-tuning) holds::
     batch_stats/           the same for its BatchNorm statistics (convnets only)
     deit_jax_model.json    {"name": ..., "overrides": {...}, "source": ..., "format": 1}
 
-orbax writes ``params/`` atomically (temporary folder, then rename) and the JSON file is
-written last, so a directory without it is an interrupted save and is refused on load.
-Local paths and ``gs://`` both work (etils.epath).
+The JSON file is written last (after orbax has finalized ``params/``), so a directory
+without it is an interrupted save and is refused on load. Every path goes through
+``deit_jax.files``: local ones and ``gs://`` alike.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from deit_jax import files
 from deit_jax.errors import (CheckpointError, CheckpointMismatchError, NotACheckpointError,
                              OutputExistsError)
 from deit_jax.models import create_model
@@ -37,20 +38,19 @@ def count_params(model: nnx.Module) -> int:
 
 
 def _as_path(directory) -> epath.Path:
-  path = epath.Path(directory)
-  return path if str(path).startswith("gs://") else path.absolute()
+  return files.orbax_path(directory)
 
 
 def save_model(directory, model: nnx.Module, *, name: str, overrides: dict[str, Any],
                source: str | None = None, overwrite: bool = False) -> epath.Path:
   """Saves ``model``'s parameters so that ``load_model(directory)`` rebuilds it."""
   path = _as_path(directory)
-  if path.exists() and any(path.iterdir()):
+  if files.isdir(path) and files.listdir(path):
     if not overwrite:
       raise OutputExistsError(f"{path} already exists and is not empty (pass --overwrite to "
                             "replace it)")
-    path.rmtree()
-  path.mkdir(parents=True, exist_ok=True)
+    files.rmtree(path)
+  files.makedirs(path)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
   with ocp.StandardCheckpointer() as checkpointer:
@@ -61,19 +61,18 @@ def save_model(directory, model: nnx.Module, *, name: str, overrides: dict[str, 
   metadata = {"format": _FORMAT, "name": name, "overrides": dict(overrides),
               "source": source, "num_params": count_params(model),
               "batch_stats": bool(batch_stats)}
-  tmp = path / (MODEL_METADATA + ".tmp")
-  tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True))
-  tmp.rename(path / MODEL_METADATA)
+  files.write_text(path / MODEL_METADATA, json.dumps(metadata, indent=2, sort_keys=True))
   return path
 
 
 def read_metadata(directory) -> dict[str, Any]:
-  path = _as_path(directory)
-  meta_file = path / MODEL_METADATA
-  if not meta_file.exists():
-    what = "an incomplete save" if (path / "params").exists() else "not a deit_jax model directory"
+  path = files.absolute(directory)
+  meta_file = files.join(path, MODEL_METADATA)
+  if not files.exists(meta_file):
+    what = ("an incomplete save" if files.exists(files.join(path, "params"))
+            else "not a deit_jax model directory")
     raise NotACheckpointError(f"{path}: {what} (no {MODEL_METADATA})")
-  return json.loads(meta_file.read_text())
+  return json.loads(files.read_text(meta_file))
 
 
 def load_model(directory, **overrides: Any) -> nnx.Module:
@@ -246,12 +245,12 @@ class BestCheckpoint:
     self._manager.close()
 
 
-def best_directory(workdir) -> epath.Path:
-  """The best checkpoint of a training workdir; FileNotFoundError if it kept none."""
-  path = _as_path(workdir) / "best"
-  if not (path.is_dir() and _train_checkpoint_step(path)):
-    raise NotACheckpointError(f"{_as_path(workdir)} holds no best checkpoint (train with "
-                            "--config.best_metric=eval_top1 or eval_ema_top1 to keep one)")
+def best_directory(workdir) -> str:
+  """The best checkpoint of a training workdir; NotACheckpointError if it kept none."""
+  path = files.join(files.absolute(workdir), "best")
+  if _train_checkpoint_step(path) is None:
+    raise NotACheckpointError(f"{files.absolute(workdir)} holds no best checkpoint (train with "
+                              "--config.best_metric=eval_top1 or eval_ema_top1 to keep one)")
   return path
 
 
@@ -259,42 +258,100 @@ def best_directory(workdir) -> epath.Path:
 # Any saved model, for evaluation, teachers and fine-tuning
 # ---------------------------------------------------------------------------
 
-def _train_checkpoint_step(path: epath.Path) -> tuple[epath.Path, int] | None:
-  """(checkpoints dir, step) for a workdir, its checkpoints/ dir or one step dir."""
-  if (path / "checkpoints").is_dir():
-    path = path / "checkpoints"
-  if path.name.isdigit() and (path / "state").is_dir():
-    return path.parent, int(path.name)
-  if path.is_dir():
-    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "state").is_dir()]
-    if steps:
-      return path, max(steps)
+COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE  # "commit_success.txt"
+_TMP_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX       # ".orbax-checkpoint-tmp"
+
+
+def _commit_file_required(step_dir: str) -> bool:
+  """Whether only orbax's commit file tells that ``step_dir`` is complete.
+
+  orbax's own rule (``orbax.checkpoint.path.step.is_path_finalized``): on ``gs://`` it
+  writes a step in place and finishes it by writing ``commit_success.txt`` into it
+  (``CommitFileTemporaryPath``, its default there), so a step directory without that file
+  is still being written or was interrupted; elsewhere it writes
+  ``<step>.orbax-checkpoint-tmp-<time>`` and renames it to ``<step>`` when complete
+  (``AtomicRenameTemporaryPath``), so the name tells. Every ``scheme://`` filesystem is
+  read the ``gs://`` way."""
+  return not files.is_local(step_dir)
+
+
+def _committed(step_dir: str) -> bool:
+  return files.isdir(files.join(step_dir, "state")) and (
+      not _commit_file_required(step_dir) or files.exists(files.join(step_dir, COMMIT_FILE)))
+
+
+def committed_steps(directory) -> list[int]:
+  """The training steps in an orbax checkpoint directory (``<workdir>/checkpoints`` or
+  ``<workdir>/best``) that orbax has finished writing, ascending. Every reader of
+  checkpoints picks its step from these; the trainer's resume uses orbax's own listing,
+  which follows the same rule."""
+  directory = files.absolute(directory)
+  if not files.isdir(directory):
+    return []
+  return sorted(int(name) for name in files.listdir(directory)
+                if name.isdigit() and _committed(files.join(directory, name)))
+
+
+def _uncommitted(directory: str) -> list[str]:
+  if not files.isdir(directory):
+    return []
+  return [name for name in files.listdir(directory)
+          if (name.isdigit() or _TMP_SUFFIX in name)
+          and not _committed(files.join(directory, name))
+          and files.isdir(files.join(directory, name, "state"))]
+
+
+def _train_checkpoint_step(path) -> tuple[str, int] | None:
+  """(checkpoints dir, step) for a workdir or its checkpoints/ dir (the latest committed
+  step) or one committed step dir; None for anything else. A step dir that is not
+  committed, or a checkpoints dir with no committed step but some being written, is a
+  NotACheckpointError."""
+  path = files.absolute(path)
+  if files.isdir(files.join(path, "checkpoints")):
+    path = files.join(path, "checkpoints")
+  name, parent = files.basename(path), files.dirname(path)
+  if (name.isdigit() or _TMP_SUFFIX in name) and files.isdir(files.join(path, "state")):
+    if name.isdigit() and _committed(path):
+      return parent, int(name)
+    steps = committed_steps(parent)
+    raise NotACheckpointError(
+        f"{path}: this checkpoint step is not committed (orbax is still writing it, or its "
+        "save was interrupted); " + (f"the latest committed step is {steps[-1]}" if steps
+                                     else "no step there is committed yet"))
+  steps = committed_steps(path)
+  if steps:
+    return path, steps[-1]
+  pending = _uncommitted(path)
+  if pending:
+    raise NotACheckpointError(
+        f"{path}: no committed checkpoint step yet ({', '.join(pending)} still being written "
+        "by orbax, or interrupted)")
   return None
 
 
 def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx.Module, dict]:
-  """Rebuilds a model from a training workdir (its latest checkpoint), one orbax step
-  directory, or a model directory written by ``deit_jax.convert`` / ``save_model``.
+  """Rebuilds a model from a training workdir (its latest committed checkpoint), one orbax
+  step directory, or a model directory written by ``deit_jax.convert`` / ``save_model``.
 
   ``ema=True`` takes the EMA parameters of a training checkpoint. ``numerics`` override
   settings that do not change parameter shapes (dtype, remat, drop rates). Returns the
   model in eval mode and a description {"name", "overrides", "path", "step"}.
   """
-  path = _as_path(path)
-  if (path / MODEL_METADATA).exists():
+  path = files.absolute(path)
+  if files.exists(files.join(path, MODEL_METADATA)):
     if ema:
       raise CheckpointError(f"{path}: a model directory holds one set of weights (no EMA)")
     metadata = read_metadata(path)
     model = load_model(path, **numerics)
     info = {"name": metadata["name"], "overrides": metadata["overrides"], "step": None}
   else:
-    found = _train_checkpoint_step(path) if path.exists() else None
+    found = _train_checkpoint_step(path)
     if found is None:
       raise NotACheckpointError(f"{path}: neither a training workdir, an orbax checkpoint step "
                               f"nor a deit_jax model directory")
     directory, step = found
-    meta_file = directory / str(step) / "meta" / "metadata"
-    meta = json.loads(meta_file.read_text())
+    step_dir = files.join(directory, str(step))
+    meta = json.loads(files.read_text(files.join(step_dir, "meta", "metadata")))
     overrides = {**meta["model_config"], **numerics}
     model = create_model(meta["model"], **overrides)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -302,7 +359,7 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     with ocp.PyTreeCheckpointer() as checkpointer:
       restored = checkpointer.restore(
-          directory / str(step) / "state",
+          files.orbax_path(files.join(step_dir, "state")),
           args=ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
                                       restore_args=ocp.checkpoint_utils.construct_restore_args(
                                           abstract)))

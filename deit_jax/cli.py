@@ -9,7 +9,9 @@ The entry-point layer: library modules never import this one. Only ``UserError``
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
 from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
@@ -18,6 +20,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from deit_jax import files  # noqa: E402
 from deit_jax.errors import USER_OS_ERRORS, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -144,7 +147,51 @@ def fail(message: str):
   sys.exit(2)
 
 
+_LOG: list = []  # the open log_file of this process, if any
+
+
 def say(message: str) -> None:
-  """Progress output, from process 0 only."""
+  """Progress output, from process 0 only; also into the file of an open ``log_file``."""
   if jax.process_index() == 0:
     print(message, flush=True)
+    _log_line(message)
+
+
+def _log_line(message: str) -> None:
+  if not _LOG or _LOG[-1] is None:
+    return
+  try:
+    _LOG[-1].write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {message}")
+  except Exception as e:  # noqa: BLE001 - a log that cannot be written never stops a run
+    print(f"warning: cannot write the log {_LOG[-1].path} ({e}); it stops here",
+          file=sys.stderr, flush=True)
+    _LOG[-1] = None
+
+
+class log_file:  # noqa: N801 - used like contextlib's lower-case managers
+  """``with log_file(path): ...``: process 0's ``say`` lines also go to ``path`` (local or
+  ``gs://``), each with the time, appended and flushed line by line (``files.AppendLog``),
+  so a log in the workdir outlives the VM that wrote it; each run starts with a line naming
+  its host and command, and one that stops on an exception ends with it. A log that cannot
+  be written is reported once on stderr and dropped; the run goes on."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __enter__(self):
+    if jax.process_index() == 0:
+      _LOG.append(files.AppendLog(self.path))
+      _log_line(f"--- {socket.gethostname()} pid {os.getpid()}: {' '.join(sys.argv)}")
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    if jax.process_index() == 0:
+      if kind is not None:
+        _log_line(f"stopped by {kind.__name__}: {error}")
+      log = _LOG.pop()
+      try:
+        if log is not None:
+          log.close()
+      except Exception as e:  # noqa: BLE001 - as in _log_line
+        print(f"warning: cannot close the log {log.path} ({e})", file=sys.stderr, flush=True)
+    return False

@@ -6,29 +6,30 @@ pair of N models, with the ground truth as the first row (its entries are error 
         --logits=cnn=DIR --model=none=WORKDIR --model=cls=WORKDIR2:cls \
         --model=dist=WORKDIR2:dist --model=avg=WORKDIR2:avg [--split=test] [--out=DIR]
 
-``--model=NAME=PATH[:HEAD]`` is a training workdir (its latest checkpoint), an orbax step
-or a model directory; HEAD is cls, dist or avg (default: avg, the eval output; a plain
-model has only its class token, so cls and avg are the same and dist is refused).
+``--model=NAME=PATH[:HEAD]`` is a training workdir (its latest committed checkpoint), an
+orbax step or a model directory; HEAD is cls, dist or avg (default: avg, the eval output; a
+plain model has only its class token, so cls and avg are the same and dist is refused).
 ``--logits=NAME=DIR`` is stored per-image logits of the eval split (``python -m
 deit_jax.teacher precompute --split=...``), e.g. a teacher's. Rows and columns are the
 ground truth, then every --logits, then every --model, in the order given. The data and
 eval transform come from the config; every example counts once across hosts (padded,
-masked eval stream, as ``deit_jax.evaluate``). ``--out`` writes disagreement.json,
-disagreement.csv and disagreement.png (a heatmap; needs matplotlib, the ``plots`` extra).
+masked eval stream, as ``deit_jax.evaluate``). ``--out`` (local or ``gs://``) writes
+disagreement.json, disagreement.csv and disagreement.png (a heatmap; needs matplotlib, the
+``plots`` extra).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from deit_jax import builder, cli, config_glue, sharding, train_step as ts
+from deit_jax import builder, cli, config_glue, files, sharding, train_step as ts
 from deit_jax.data import feeding
 from deit_jax.errors import UserError
 from deit_jax.eval_step import head_logits
@@ -192,17 +193,15 @@ def format_table(names: list[str], matrix: np.ndarray, split: str, count: int) -
 
 
 def write_outputs(directory: str, result: dict, plot: bool = True) -> list[str]:
-  """disagreement.json, .csv and (with ``plot``) .png in ``directory``."""
-  os.makedirs(directory, exist_ok=True)
-  base = os.path.join(directory, "disagreement")
-  with open(base + ".json", "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
+  """disagreement.json, .csv and (with ``plot``) .png in ``directory`` (local or gs://)."""
+  base = files.join(files.absolute(directory), "disagreement")
+  files.write_text(base + ".json", json.dumps(result, indent=2, sort_keys=True))
   names, matrix = result["names"], np.asarray(result["matrix"])
-  with open(base + ".csv", "w") as f:
-    f.write(",".join(["", *names, "top1"]) + "\n")
-    for i, name in enumerate(names):
-      top1 = "" if i == 0 else f"{result['top1'][name]:.4f}"
-      f.write(",".join([name, *(f"{v:.6f}" for v in matrix[i]), top1]) + "\n")
+  rows = [",".join(["", *names, "top1"])]
+  for i, name in enumerate(names):
+    top1 = "" if i == 0 else f"{result['top1'][name]:.4f}"
+    rows.append(",".join([name, *(f"{v:.6f}" for v in matrix[i]), top1]))
+  files.write_text(base + ".csv", "\n".join(rows) + "\n")
   written = [base + ".json", base + ".csv"]
   if plot:
     written.append(plot_heatmap(base + ".png", names, matrix,
@@ -211,6 +210,7 @@ def write_outputs(directory: str, result: dict, plot: bool = True) -> list[str]:
 
 
 def plot_heatmap(path: str, names: list[str], matrix: np.ndarray, title: str) -> str:
+  """The matrix as a PNG heatmap at ``path`` (local or gs://); returns ``path``."""
   plt = _pyplot()
   size = 1.2 + 0.9 * len(names)
   fig, ax = plt.subplots(figsize=(size + 1.5, size))
@@ -225,8 +225,10 @@ def plot_heatmap(path: str, names: list[str], matrix: np.ndarray, title: str) ->
   fig.colorbar(image, ax=ax, label="fraction of examples where the decisions differ")
   ax.set_title(f"Disagreement between classifiers, {title}")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
   plt.close(fig)
+  files.write_bytes(path, buffer.getvalue())
   return path
 
 
@@ -247,7 +249,8 @@ def main() -> None:
                             "orbax step or model directory and the head to compare")
   flags.DEFINE_multi_string("logits", [], "NAME=DIR: stored per-image logits of the split")
   flags.DEFINE_string("split", None, "split to compare on (default: the config's eval_split)")
-  flags.DEFINE_string("out", None, "directory for disagreement.json/.csv/.png")
+  flags.DEFINE_string("out", None, "directory for disagreement.json/.csv/.png (local or "
+                      "gs://)")
   flags.DEFINE_bool("plot", True, "write the PNG heatmap with --out (needs matplotlib)")
   cli.run(run_cli)
 

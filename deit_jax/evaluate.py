@@ -5,8 +5,9 @@ agreement per head (``deit_jax.eval_step``).
     python -m deit_jax.evaluate --config=configs/<file>.py --checkpoint=PATH \
         [--teacher_logits=DIR] [--ema | --best] [--split=test] [--json] [--config.key=value ...]
 
-PATH is a training workdir (its latest checkpoint), one orbax checkpoint step, or a model
-directory written by ``deit_jax.convert``; ``--best`` takes the workdir's best checkpoint
+PATH (local or ``gs://``) is a training workdir (its latest committed checkpoint), one
+orbax checkpoint step, or a model directory written by ``deit_jax.convert``; a step that
+orbax is still writing is never read. ``--best`` takes the workdir's best checkpoint
 (kept with ``config.best_metric``; EMA weights if that metric was an EMA one). The
 architecture comes from the checkpoint, the data and eval transform from the config.
 ``--json`` prints one JSON object as the last line of stdout (accuracies and agreements in

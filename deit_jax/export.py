@@ -2,8 +2,9 @@
 
     python -m deit_jax.export CKPT --out=model.safetensors [--ema] [--overwrite]
 
-CKPT is a training workdir (its latest checkpoint), one orbax step directory or a model
-directory; ``--ema`` takes a training checkpoint's EMA weights. The suffix of ``--out``
+CKPT is a training workdir (its latest committed checkpoint), one orbax step directory or a
+model directory; ``--ema`` takes a training checkpoint's EMA weights. CKPT and ``--out`` may
+be local or ``gs://``. The suffix of ``--out``
 picks the format: ``.safetensors`` (the timm/HF default; the timm model name and keyword
 arguments go into its metadata) or ``.pth``/``.pt`` (a plain ``torch.save`` of the tensors,
 loadable with ``weights_only=True``). The command prints the exact timm call, e.g.::
@@ -20,15 +21,15 @@ refused with one line.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import sys
 from typing import Any
 
 import numpy as np
 from absl import flags, logging
 
-from deit_jax import checkpoint, cli
+from deit_jax import checkpoint, cli, files, torch_stack
 from deit_jax.errors import ConfigError, OutputExistsError, UserError
 from deit_jax.models import model_config
 from deit_jax.models.torch_weights import timm_family, to_state_dict
@@ -59,16 +60,18 @@ def timm_call(name: str, kwargs: dict[str, Any]) -> str:
 
 
 def write(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-  """Writes ``tensors`` atomically (temporary file, then rename) in the suffix's format."""
-  tmp = f"{path}.tmp"
+  """Writes ``tensors`` in the suffix's format, atomically, local or ``gs://``
+  (``deit_jax.files``)."""
   # safetensors and torch are optional (the [torch] extra): imported only when needed.
   if path.endswith(".safetensors"):
-    from safetensors.numpy import save_file
-    save_file(tensors, tmp, metadata=metadata)
+    from safetensors.numpy import save
+    data = save(tensors, metadata=metadata)
   else:
-    import torch
-    torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp)
-  os.replace(tmp, path)
+    torch = torch_stack.import_torch()
+    buffer = io.BytesIO()
+    torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, buffer)
+    data = buffer.getvalue()
+  files.write_bytes(path, data)
 
 
 def export(checkpoint_path: str, out: str, *, ema: bool = False,
@@ -81,12 +84,11 @@ def export(checkpoint_path: str, out: str, *, ema: bool = False,
   if not out.endswith(_FORMATS):
     raise ConfigError(f"--out {out}: the suffix picks the format, one of "
                       f"{', '.join(_FORMATS)}")
-  if os.path.exists(out) and not overwrite:
+  if files.exists(out) and not overwrite:
     raise OutputExistsError(f"{out} already exists (pass --overwrite to replace it)")
   model, info = checkpoint.load_trained_model(checkpoint_path, ema=ema)
   kwargs = timm_kwargs(model, info["name"], info["overrides"])  # refuses non-timm families
   tensors = state_dict(model)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write(out, tensors, {"format": "pt", "timm_model": info["name"],
                        "timm_kwargs": json.dumps(kwargs), "source": info["path"],
                        "step": str(info["step"]), "ema": str(ema)})

@@ -10,7 +10,6 @@ loop. A workdir that holds checkpoints is resumed from its latest complete one, 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
@@ -19,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from deit_jax import builder, checkpoint, cli, config_glue, health, sharding
+from deit_jax import builder, checkpoint, cli, config_glue, files, health, sharding
 from deit_jax.cli import say
 from deit_jax.data import feeding, pipeline
 from deit_jax.errors import UserError
@@ -33,15 +32,13 @@ class _Writer:
   def __init__(self, workdir):
     self.active = jax.process_index() == 0
     if self.active:
-      tf.io.gfile.makedirs(workdir)
-      self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._jsonl = files.AppendLog(files.join(workdir, "metrics.jsonl"))  # flushed per line
+      self._tb = tf.summary.create_file_writer(files.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.active:
       return
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
+    self._jsonl.write(json.dumps({"step": step, **metrics}))
     with self._tb.as_default(step=step):
       for key, value in metrics.items():
         tf.summary.scalar(key, value)
@@ -54,7 +51,13 @@ class _Writer:
 
 
 def train(config, workdir: str) -> dict:
-  """Runs (or resumes) training; returns the last eval metrics."""
+  """Runs (or resumes) training; returns the last eval metrics. Process 0's progress
+  lines also go to <workdir>/train.log (``cli.log_file``; a resumed run appends)."""
+  with cli.log_file(files.join(workdir, "train.log")):
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
   # ---------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh.to_dict())
   say(f"mesh {dict(mesh.shape)} over {jax.device_count()} device(s), "

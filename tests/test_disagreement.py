@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deit_jax import disagreement as dis
+from deit_jax import disagreement as dis, files
 from deit_jax.cli import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,20 +52,22 @@ def test_entries_heads_and_bad_flags():
       dis.parse_entries(models, logits)
 
 
-def test_table_json_csv_and_png(tmp_path):
+@pytest.mark.parametrize("where", ["local", "ram://"])  # ram://: a gs://-like filesystem
+def test_table_json_csv_and_png(tmp_path, where):
   names = ["groundtruth", "A", "B", "C"]
   result = {"names": names, "matrix": EXPECTED.tolist(), "dataset": "d", "split": "test",
             "top1": {"A": 80.0, "B": 80.0, "C": 40.0}, "num_examples": 5}
   table = dis.format_table(names, EXPECTED, "d/test", 5)
   assert table.splitlines()[-1].split() == ["C", "0.600", "0.400", "0.400", "0.000", "40.00"]
-  written = dis.write_outputs(str(tmp_path), result, plot=True)
-  assert [os.path.basename(w) for w in written] == [
-      "disagreement.json", "disagreement.csv", "disagreement.png"]
-  rows = list(csv.reader(open(tmp_path / "disagreement.csv")))
+  out = str(tmp_path / "out") if where == "local" else "ram://disagreement/out"
+  written = dis.write_outputs(out, result, plot=True)
+  assert written == [files.join(out, f"disagreement.{s}") for s in ("json", "csv", "png")]
+  rows = list(csv.reader(files.read_text(written[1]).splitlines()))
   assert rows[0] == ["", *names, "top1"] and rows[3][1:] == [
       "0.200000", "0.400000", "0.000000", "0.400000", "80.0000"]
-  assert json.load(open(tmp_path / "disagreement.json"))["matrix"] == EXPECTED.tolist()
-  assert os.path.getsize(tmp_path / "disagreement.png") > 10_000
+  assert json.loads(files.read_text(written[0]))["matrix"] == EXPECTED.tolist()
+  png = files.read_bytes(written[2])
+  assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
 def _oracle_store(path, data_dir, shift=0):

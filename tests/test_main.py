@@ -73,6 +73,10 @@ def test_log_reports_run_health(straight):
   logged = [row for row in rows if "train_loss" in row]
   assert all(row["step_time_s"] > 0 and 0 <= row["input_wait_frac"] <= 1 and "mfu" not in row
              for row in logged)
+  # The same progress lines, timed, in the workdir's log (it outlives a preempted VM).
+  log = [line.split("  ", 1)[1] for line in (straight / "train.log").read_text().splitlines()]
+  assert log[0].startswith("--- ") and f"--workdir={straight}" in log[0]
+  assert log[1:] == [line for line in lines if line]
 
 
 def test_resume_after_kill_is_bitwise_exact(fmnist_data_dir, straight, tmp_path):

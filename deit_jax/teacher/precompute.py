@@ -23,6 +23,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from deit_jax import files
 from deit_jax.data import pipeline
 from deit_jax.data.sources import Source
 from deit_jax.errors import ConfigError, UserError
@@ -82,11 +83,11 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
   if views < 0 or k < 1 or shard_size < 1:
     raise ConfigError(f"need views >= 0, k >= 1, shard_size >= 1 (got {views}, {k}, "
                      f"{shard_size})")
-  tf.io.gfile.makedirs(out_dir)
+  files.makedirs(out_dir)
   n, pid, nproc = source.num_examples, jax.process_index(), jax.process_count()
   chunks = [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
   mine = chunks[pid::nproc]
-  done = set(tf.io.gfile.listdir(out_dir))
+  done = set(files.listdir(out_dir))
   todo = [c for c in mine if store.shard_name(*c) not in done]
   if len(todo) < len(mine):
     log(f"reusing {len(mine) - len(todo)} finished shard(s) in {out_dir}")

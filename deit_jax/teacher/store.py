@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from deit_jax import files
 from deit_jax.errors import TeacherLogitsError
 
 MANIFEST = "manifest.json"
@@ -73,28 +72,21 @@ def write_shard(out_dir: str, ids: np.ndarray, arrays: dict[str, np.ndarray]) ->
   name = shard_name(int(ids[0]), int(ids[-1]) + 1)
   buffer = io.BytesIO()
   np.savez(buffer, ids=ids, **arrays)
-  final = os.path.join(out_dir, name)
-  tmp = final + ".tmp"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(tmp, final, overwrite=True)
+  files.write_bytes(files.join(out_dir, name), buffer.getvalue())
   return name
 
 
 def write_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
-  tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps({"format": FORMAT, **manifest}, indent=2, sort_keys=True))
-  tf.io.gfile.rename(tmp, os.path.join(out_dir, MANIFEST), overwrite=True)
+  files.write_text(files.join(out_dir, MANIFEST),
+                   json.dumps({"format": FORMAT, **manifest}, indent=2, sort_keys=True))
 
 
 def read_manifest(path: str) -> dict[str, Any]:
-  file = os.path.join(path, MANIFEST)
-  if not tf.io.gfile.exists(file):
+  file = files.join(path, MANIFEST)
+  if not files.exists(file):
     raise TeacherLogitsError(f"{path}: no {MANIFEST} (not teacher logits, or their "
                              "precompute has not finished; re-run it to complete)")
-  with tf.io.gfile.GFile(file) as f:
-    return json.load(f)
+  return json.loads(files.read_text(file))
 
 
 class TeacherLogits:
@@ -113,8 +105,7 @@ class TeacherLogits:
     self.present = np.zeros(self.num_examples, bool)
     self._arrays: dict[str, np.ndarray] = {}
     for name in m["shards"]:
-      with tf.io.gfile.GFile(os.path.join(path, name), "rb") as f:
-        shard = dict(np.load(io.BytesIO(f.read())))
+      shard = dict(np.load(io.BytesIO(files.read_bytes(files.join(path, name)))))
       ids = shard.pop("ids")
       if ids.size and (ids.min() < 0 or ids.max() >= self.num_examples):
         raise TeacherLogitsError(f"{path}/{name}: ids outside [0, {self.num_examples})")
