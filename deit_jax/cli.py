@@ -20,7 +20,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from deit_jax import files  # noqa: E402
+from deit_jax import files, processes  # noqa: E402
 from deit_jax.errors import USER_OS_ERRORS, UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -48,15 +48,23 @@ def define_checkpoint_flags(default_split: str) -> None:
 
 
 def initialize_processes() -> None:
+  """Joins the multi-process job the flags describe (``deit_jax.processes`` picks the
+  arguments: all of a node's GPUs per process); a GPU process that ends up driving another
+  number of GPUs than its node grants it stops with one line."""
   if FLAGS.cpu_devices:
     jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
+  with one_line_errors():
+    kwargs = processes.distributed_kwargs(FLAGS.coordinator_address, FLAGS.num_processes,
+                                          FLAGS.process_id, FLAGS.multihost)
+  if kwargs is None:
+    return
   if FLAGS.coordinator_address:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
-  elif FLAGS.multihost:
-    jax.distributed.initialize()
+  jax.distributed.initialize(**kwargs)
+  problem = processes.device_count_problem(jax.local_devices()[0].platform,
+                                           jax.local_device_count())
+  if problem:
+    fail(f"process {jax.process_index()}: {problem}")
 
 
 def run(body: Callable[[object], object]) -> None:
