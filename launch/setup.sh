@@ -5,8 +5,16 @@
 #   bash launch/setup.sh            # the package (enough to train)
 #   bash launch/setup.sh test,torch # plus the test and PyTorch/timm extras
 #   bash launch/setup.sh tpu        # libtpu: TPU VMs, and compiling for TPU slices anywhere
+#   bash launch/setup.sh cuda       # jax's CUDA 12 plugin: GPU nodes
 #
-# Safe to re-run: every step is skipped when already done.
+# Versions are pinned by launch/constraints.txt (CPython 3.11, 3.12 or 3.13 on Linux
+# x86_64): every machine, and every re-run next month, gets the same jax, flax, orbax and
+# TensorFlow. DEIT_JAX_CONSTRAINTS=FILE pins with another file; DEIT_JAX_CONSTRAINTS= (empty)
+# installs the newest releases setup.cfg allows. PYTHON picks the interpreter (python3),
+# DEIT_JAX_VENV the environment (.venv); DEIT_JAX_LIST_DEVICES=0 skips listing the devices.
+#
+# Safe to re-run: every step is skipped when already done, and an environment installed
+# with other versions is brought to the pinned ones.
 set -euo pipefail
 
 extras="${1:-}"
@@ -16,11 +24,23 @@ fmnist="/usr/share/datasets/fashion-mnist"
 
 say() { printf '[setup] %s\n' "$*"; }
 
+constraints="${DEIT_JAX_CONSTRAINTS-$root/launch/constraints.txt}"
 python="${PYTHON:-python3}"
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "error: deit-jax needs Python >= 3.11; '$python' is $("$python" --version 2>&1)" >&2
   exit 1
 fi
+if [[ -n "$constraints" ]] &&
+   ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] > (3, 13))' 2>/dev/null; then
+  echo "error: launch/constraints.txt pins wheels for Python 3.11-3.13; '$python' is" \
+       "$("$python" --version 2>&1) (set PYTHON=python3.12, or DEIT_JAX_CONSTRAINTS= to" \
+       "install unpinned releases)" >&2
+  exit 1
+fi
+[[ -z "$constraints" || -f "$constraints" ]] || {
+  echo "error: no constraints file $constraints (DEIT_JAX_CONSTRAINTS)" >&2; exit 1; }
+pin=()
+[[ -n "$constraints" ]] && pin=(-c "$constraints")
 
 # Debian packages: the Fashion-MNIST files (the default dataset) and, with the test extra,
 # the shellcheck linter (tests/test_launch.py runs it on launch/*.sh).
@@ -67,10 +87,13 @@ pip_quiet() {
   fi
   rm -f "$log"
 }
-pip_quiet install --upgrade pip
+pip_quiet install ${pin[@]+"${pin[@]}"} --upgrade pip
 target="$root"
 [[ -n "$extras" ]] && target="${root}[$extras]"
-say "installing deit_jax${extras:+[$extras]} (first run: a few minutes)"
-pip_quiet install -e "$target"
+say "installing deit_jax${extras:+[$extras]}${constraints:+ pinned by ${constraints#"$root"/}}" \
+    "(first run: a few minutes)"
+pip_quiet install ${pin[@]+"${pin[@]}"} -e "$target"
+devices="jax.devices()"
+[[ ${DEIT_JAX_LIST_DEVICES:-1} == 0 ]] && devices="'not listed'"
 "$venv/bin/python" -c "import deit_jax, jax; print('[setup] deit_jax', deit_jax.__version__, \
-'| jax', jax.__version__, '| devices:', jax.devices())"
+'| jax', jax.__version__, '| devices:', $devices)"
