@@ -11,9 +11,17 @@
 #   launch/gpu_multinode.sh --coordinator=host0:12345 --num-processes=2 --process-id=0 \
 #       --config=configs/deit_base.py --workdir=gs://bucket/runs/deit_base
 #
-# The workdir must be shared by all nodes (NFS, Lustre or gs://). Re-submitting the same
-# command resumes from <workdir>/checkpoints; SIGTERM (SLURM sends it 5 minutes before the
-# time limit, see --signal below) makes the trainer save a checkpoint and exit.
+# Each process gets every CPU of its node (srun --cpus-per-task, --cpu-bind=none: the input
+# pipeline's threads are not pinned to one core) and every GPU: deit_jax passes its process
+# flags to jax.distributed.initialize with cluster detection off, since JAX's SLURM
+# detection would give each process only GPU $SLURM_LOCALID (jax-ml/jax#16788); a process
+# that still sees fewer GPUs than its node grants stops with one line.
+#
+# Set up every node with `bash launch/setup.sh cuda` (versions pinned by
+# launch/constraints.txt). The workdir must be shared by all nodes (NFS, Lustre or gs://).
+# Re-submitting the same command resumes from <workdir>/checkpoints; SIGTERM (SLURM sends it
+# 5 minutes before the time limit, see --signal below) makes the trainer save a checkpoint
+# and exit.
 #
 #SBATCH --job-name=deit-jax
 #SBATCH --ntasks-per-node=1
@@ -117,10 +125,20 @@ elif [[ -n ${SLURM_JOB_ID:-} ]]; then
   [[ $nodes =~ ^[1-9][0-9]*$ && -n $nodelist ]] ||
     die "SLURM_JOB_NUM_NODES/SLURM_JOB_NODELIST missing: run this under sbatch or salloc"
   head=$(first_node "$nodelist")
+  # All of a node's CPUs for its one task: srun does not inherit sbatch's --cpus-per-task
+  # (Slurm >= 22.05) and, with its default of 1, may bind the task to a single core. The
+  # smallest node's count ("64(x3),32" -> 32), so that the step fits every node.
+  cpus=()
+  per_node=${SLURM_JOB_CPUS_PER_NODE:-${SLURM_CPUS_ON_NODE:-}}
+  if [[ $per_node =~ ^[0-9]+(\(x[0-9]+\))?(,[0-9]+(\(x[0-9]+\))?)*$ ]]; then
+    fewest=$(tr ',' '\n' <<<"$per_node" | sed 's/(.*//' | sort -n | head -n 1)
+    cpus=(--cpus-per-task="$fewest")
+  fi
   # One task per node; each reads its own SLURM_PROCID, so the process id is expanded by
   # the task's shell, not here. A failing task ends the others (--kill-on-bad-exit).
   # shellcheck disable=SC2016
-  run srun --nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+  run srun --nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1 "${cpus[@]}" --cpu-bind=none \
+    --kill-on-bad-exit=1 \
     bash -c 'exec "$0" -m deit_jax.main --process_id="$SLURM_PROCID" "$@"' "$python" \
     --coordinator_address="$head:$port" --num_processes="$nodes" "${main_args[@]}"
 else

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Cloud TPU VMs for deit-jax: create a TPU VM (one host or a pod slice), ship the repository
-# to every worker, train on all workers at once, follow the logs, stop, delete.
+# to every worker, precompute teacher logits and train on all workers at once, follow the
+# logs, stop, delete.
 #
-#   launch/tpu_vm.sh SUBCOMMAND [options] [--config.key=value ...] [-- deit_jax.main flags]
+#   launch/tpu_vm.sh SUBCOMMAND [options] [--config.key=value ...] [-- deit_jax flags]
 #   launch/tpu_vm.sh create --name=deit --zone=us-central2-b --accelerator=v4-32 --spot
 #   launch/tpu_vm.sh train  --name=deit --zone=us-central2-b --bucket=my-bucket
 #
 # `--help` lists every setting, its environment fallback and default; `--dry-run` prints
-# each command (copy-pastable) instead of running it.
+# each command (copy-pastable) instead of running it. Commands on all workers run ssh on
+# each at once: a key with a passphrase must sit in an ssh agent (the script says so).
 set -euo pipefail
 
 prog=${0##*/}
@@ -21,18 +23,25 @@ usage() {
 usage: $prog SUBCOMMAND [options] [--config.key=value ...] [-- deit_jax.main flags...]
 
 subcommands:
-  create  create the TPU VM (through a queued resource of the same name with --queued)
-  setup   ship this checkout's HEAD (git archive; uncommitted changes stay here) or clone
-          --repo to ~/deit-jax on every worker, install deit_jax[EXTRAS] into
-          ~/deit-jax/.venv and print jax.device_count() from every worker
-  train   start 'python -m deit_jax.main --multihost' on every worker under nohup, log in
-          ~/deit-jax/logs/train_<hostname>.log; refuses while a trainer is alive; running
-          it again after a stop or a preemption resumes from WORKDIR/checkpoints
-  logs    tail -F the trainer log of --worker
-  ssh     a shell on --worker, or run the command given after '--' there
-  stop    SIGTERM the trainers (each saves a checkpoint and exits) and wait for them
-  status  the TPU's state and the workers where a trainer is alive
-  delete  delete the TPU VM (and its queued resource with --queued); 'stop' first
+  create      create the TPU VM (through a queued resource of the same name with --queued)
+  setup       ship this checkout's HEAD (git archive; uncommitted changes stay here) or clone
+              --repo to ~/deit-jax on every worker, install deit_jax[EXTRAS] there with
+              launch/setup.sh (versions pinned by launch/constraints.txt) and print
+              jax.device_count() from every worker
+  precompute  start 'python -m deit_jax.teacher precompute --multihost' on every worker
+              under nohup: the teacher --teacher over the train split into --logits, log in
+              ~/deit-jax/logs/precompute_<hostname>.log; running it again resumes (finished
+              shards are kept)
+  train       start 'python -m deit_jax.main --multihost' on every worker under nohup, log
+              in ~/deit-jax/logs/train_<hostname>.log; running it again after a stop, a
+              crash or a maintenance reboot resumes from WORKDIR/checkpoints
+  logs        tail -F the newest log (train or precompute) of --worker
+  ssh         a shell on --worker, or run the command given after '--' there
+  stop        SIGTERM the jobs (a trainer saves a checkpoint and exits), wait up to
+              --stop-timeout seconds, then SIGKILL what is left
+  status      the TPU's state and the workers where a job is alive
+  delete      delete the TPU VM (and its queued resource with --queued); 'stop' first
+precompute and train refuse unless the TPU is READY and no worker runs a job.
 
 options (environment fallback, default):
   --name NAME        DEIT_TPU_NAME         TPU name (required)
@@ -44,21 +53,29 @@ options (environment fallback, default):
   --spot             DEIT_TPU_SPOT=1       spot capacity (cheaper; may be preempted)
   --preemptible      DEIT_TPU_PREEMPTIBLE=1  legacy preemptible TPU (not with --queued)
   --queued           DEIT_TPU_QUEUED=1     create/delete through a queued resource
+  --autocheckpoint   DEIT_TPU_AUTOCHECKPOINT=1  create: SIGTERM the jobs before maintenance
+                                           (gcloud alpha, --autocheckpoint-enabled)
   --bucket B         DEIT_TPU_BUCKET       GCS bucket for data and runs (train; B or gs://B)
   --data-dir DIR     DEIT_TPU_DATA_DIR     gs://B/tensorflow_datasets (the trainer's TFDS_DATA_DIR)
-  --config FILE      DEIT_TPU_CONFIG       configs/deit_base.py (path inside the repository)
+  --config FILE      DEIT_TPU_CONFIG       configs/deit_base.py (path inside the repository;
+                                           precompute: configs/regnety_160_teacher.py
+                                           unless --config is given)
   --workdir DIR      DEIT_TPU_WORKDIR      gs://B/deit-jax/<config file name without .py>
+  --teacher PATH     DEIT_TPU_TEACHER      gs://B/models/regnety_160 (precompute: the teacher,
+                                           a model directory written by deit_jax.convert)
+  --logits DIR       DEIT_TPU_LOGITS       gs://B/teacher_logits/regnety160 (precompute: out)
   --env KEY=VALUE                          more environment for the trainer (repeatable)
   --repo URL         DEIT_TPU_REPO         setup: git clone URL instead of shipping HEAD
   --ref REF          DEIT_TPU_REF          setup --repo: branch, tag or commit (default branch)
   --python P         DEIT_TPU_PYTHON       python3.11 (apt-installed on the workers if missing)
   --extras E         DEIT_TPU_EXTRAS       tpu (pip extras of deit_jax)
   --worker W         DEIT_TPU_WORKER       0 (logs and ssh; 'all' or an index)
+  --stop-timeout S   DEIT_TPU_STOP_TIMEOUT 600 (stop: seconds to wait before SIGKILL)
   --internal-ip      DEIT_TPU_INTERNAL_IP=1  ssh/scp over internal IPs (from inside the VPC)
   --dry-run          DEIT_TPU_DRY_RUN=1    print the commands instead of running them
   -h, --help
---config.key=value arguments and everything after '--' go to deit_jax.main (train), or
-form the command (ssh).
+--config.key=value arguments and everything after '--' go to deit_jax.main (train) or
+deit_jax.teacher precompute (precompute, e.g. -- --storage=topk), or form the command (ssh).
 EOF
 }
 
@@ -67,16 +84,18 @@ accelerator=${DEIT_TPU_ACCELERATOR:-v4-32} version=${DEIT_TPU_VERSION:-}
 bucket=${DEIT_TPU_BUCKET:-} data_dir=${DEIT_TPU_DATA_DIR:-} workdir=${DEIT_TPU_WORKDIR:-}
 config=${DEIT_TPU_CONFIG:-configs/deit_base.py} repo=${DEIT_TPU_REPO:-} ref=${DEIT_TPU_REF:-}
 python=${DEIT_TPU_PYTHON:-python3.11} extras=${DEIT_TPU_EXTRAS:-tpu}
-worker=${DEIT_TPU_WORKER:-0}
-spot=0 preemptible=0 queued=0 internal_ip=0 dry_run=0
+worker=${DEIT_TPU_WORKER:-0} teacher=${DEIT_TPU_TEACHER:-} logits=${DEIT_TPU_LOGITS:-}
+stop_timeout=${DEIT_TPU_STOP_TIMEOUT:-600}
+spot=0 preemptible=0 queued=0 autocheckpoint=0 internal_ip=0 dry_run=0 config_given=0
 truthy "${DEIT_TPU_SPOT:-}" && spot=1
+truthy "${DEIT_TPU_AUTOCHECKPOINT:-}" && autocheckpoint=1
 truthy "${DEIT_TPU_PREEMPTIBLE:-}" && preemptible=1
 truthy "${DEIT_TPU_QUEUED:-}" && queued=1
 truthy "${DEIT_TPU_INTERNAL_IP:-}" && internal_ip=1
 truthy "${DEIT_TPU_DRY_RUN:-}" && dry_run=1
 
 value_options=" name zone project accelerator version bucket data_dir config workdir env "
-value_options+="repo ref python extras worker "
+value_options+="repo ref python extras worker teacher logits stop_timeout "
 subcommand="" extra_env=() passthrough=()
 while [[ $# -gt 0 ]]; do
   arg=$1
@@ -87,6 +106,7 @@ while [[ $# -gt 0 ]]; do
     --spot) spot=1 ;;
     --preemptible) preemptible=1 ;;
     --queued) queued=1 ;;
+    --autocheckpoint) autocheckpoint=1 ;;
     --internal-ip) internal_ip=1 ;;
     --dry-run) dry_run=1 ;;
     --config.*) passthrough+=("$arg") ;;  # a config override, not the config file
@@ -95,7 +115,8 @@ while [[ $# -gt 0 ]]; do
       var=${key#--}
       var=${var//-/_}  # --data-dir sets data_dir
       case $key in
-        --spot | --preemptible | --queued | --internal-ip | --dry-run) die "$key takes no value" ;;
+        --spot | --preemptible | --queued | --autocheckpoint | --internal-ip | --dry-run)
+          die "$key takes no value" ;;
       esac
       [[ $key =~ ^--[a-z]+(-[a-z]+)*$ && $value_options == *" $var "* ]] ||
         die "unknown option $key (see $prog --help)"
@@ -107,6 +128,7 @@ while [[ $# -gt 0 ]]; do
         shift
       fi
       if [[ $var == env ]]; then extra_env+=("$value"); else printf -v "$var" '%s' "$value"; fi
+      [[ $var == config ]] && config_given=1
       ;;
     -*) die "unknown option $arg (see $prog --help)" ;;
     *) [[ -z $subcommand ]] || die "unexpected argument '$arg' (use '--' before a command)"
@@ -114,15 +136,17 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+subcommands="create, setup, precompute, train, logs, ssh, stop, status or delete"
 case $subcommand in
-  create | setup | train | logs | ssh | stop | status | delete) ;;
-  "") die "missing subcommand: create, setup, train, logs, ssh, stop, status or delete (see --help)" ;;
-  *) die "unknown subcommand '$subcommand': use create, setup, train, logs, ssh, stop, status or delete" ;;
+  create | setup | precompute | train | logs | ssh | stop | status | delete) ;;
+  "") die "missing subcommand: $subcommands (see --help)" ;;
+  *) die "unknown subcommand '$subcommand': use $subcommands" ;;
 esac
 [[ -n $name ]] || die "missing --name (or DEIT_TPU_NAME): the TPU VM's name"
 [[ $name =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "bad TPU name '$name': lower-case letters, digits and '-'"
 [[ -n $zone ]] || die "missing --zone (or DEIT_TPU_ZONE), e.g. us-central2-b"
 [[ $worker =~ ^(all|[0-9]+)$ ]] || die "bad --worker '$worker': 'all' or a worker index"
+[[ $stop_timeout =~ ^[0-9]+$ ]] || die "bad --stop-timeout '$stop_timeout': seconds"
 ((!dry_run)) && ! command -v gcloud >/dev/null &&
   die "gcloud not found: install the Google Cloud SDK, or use --dry-run"
 
@@ -150,10 +174,26 @@ tpu_ssh() {  # tpu_ssh WORKER COMMAND
     --worker="$1" --command="$2"
 }
 
-# Matches the trainer (".venv/bin/python -m deit_jax.main ...") but not the remote shell
-# running these commands, whose command line starts with "bash".
-trainer="'^[^ ]*python[^ ]* -m deit_jax[.]main'"
-alive_cmd="pgrep -f $trainer >/dev/null && echo ALIVE:\$(hostname) || echo idle:\$(hostname)"
+# --worker=all runs one ssh per worker at once: a key with a passphrase would be asked for
+# by each of them, prompts interleaved, unless an ssh agent holds it. Said once, first.
+agent_hint() {
+  local key=$HOME/.ssh/google_compute_engine
+  ((dry_run)) && return 0
+  [[ -f $key ]] && command -v ssh-keygen >/dev/null || return 0
+  ssh-keygen -y -P '' -f "$key" >/dev/null 2>&1 && return 0  # no passphrase
+  local fingerprint
+  fingerprint=$(ssh-keygen -l -f "$key.pub" 2>/dev/null | awk '{print $2}')
+  [[ -n $fingerprint ]] && ssh-add -l 2>/dev/null | grep -qF "$fingerprint" && return 0
+  warn "$key has a passphrase and no ssh agent holds it, so every worker asks for it:" \
+    "first run  eval \"\$(ssh-agent -s)\" && ssh-add $key"
+}
+
+# Matches the jobs (".venv/bin/python -m deit_jax.main ..." or "... -m deit_jax.teacher
+# precompute ...") but not the remote shell running these commands, whose command line
+# starts with "bash".
+jobs="'^[^ ]*python[^ ]* -m deit_jax[.](main|teacher) '"
+alive_cmd="if p=\$(pgrep -af $jobs); then echo ALIVE:\$(hostname) \$(echo \"\$p\" | grep -o ' deit_jax[.][a-z]*' | head -n 1)"
+alive_cmd+="; else echo idle:\$(hostname); fi"
 
 create() {
   [[ $accelerator == v5e-* ]] && accelerator=v5litepod-${accelerator#v5e-}  # gcloud's name
@@ -167,16 +207,20 @@ create() {
     esac
   fi
   ((spot && preemptible)) && die "--spot and --preemptible exclude each other"
-  local capacity=()
+  local capacity=() tpus=(gcloud compute tpus)
   ((spot)) && capacity=(--spot)
   ((preemptible)) && capacity=(--preemptible)
+  # Autocheckpoint (a preview feature, so gcloud alpha): before a maintenance event Cloud TPU
+  # SIGTERMs the processes using the TPU and waits for them to exit; the trainer saves a
+  # checkpoint on SIGTERM (https://cloud.google.com/tpu/docs/autocheckpoint).
+  ((autocheckpoint)) && tpus=(gcloud alpha compute tpus) && capacity+=(--autocheckpoint-enabled)
   if ((queued)); then
     ((preemptible)) && die "--preemptible does not combine with --queued (use --spot)"
-    run gcloud compute tpus queued-resources create "$name" --node-id="$name" "${gflags[@]}" \
+    run "${tpus[@]}" queued-resources create "$name" --node-id="$name" "${gflags[@]}" \
       --accelerator-type="$accelerator" --runtime-version="$version" "${capacity[@]}"
     echo "# then wait for state ACTIVE: gcloud compute tpus queued-resources describe $name --zone=$zone"
   else
-    run gcloud compute tpus tpu-vm create "$name" "${gflags[@]}" \
+    run "${tpus[@]}" tpu-vm create "$name" "${gflags[@]}" \
       --accelerator-type="$accelerator" --version="$version" "${capacity[@]}"
   fi
 }
@@ -208,11 +252,10 @@ setup() {
   py=$(quote "$python")
   apt_py=$(quote "${python##*/}")  # the TPU images' Ubuntu 22.04 has Python 3.10 only
   local apt="sudo DEBIAN_FRONTEND=noninteractive apt-get -qq install -y"
+  # launch/setup.sh: the venv, and the pinned versions of launch/constraints.txt.
   tpu_ssh all "$(statements "set -e" "$fetch_cmd" "cd ~/deit-jax" \
-    "if ! command -v $py >/dev/null; then sudo apt-get -qq update; $apt $apt_py $apt_py-venv; fi" \
-    "[ -x .venv/bin/python ] || $py -m venv .venv" \
-    ".venv/bin/python -m pip -q install --upgrade pip" \
-    ".venv/bin/python -m pip -q install -e $(quote ".[$extras]")")"
+    "if ! $py -c 'import ensurepip' 2>/dev/null; then sudo apt-get -qq update; $apt $apt_py $apt_py-venv; fi" \
+    "PYTHON=$py DEIT_JAX_LIST_DEVICES=0 bash launch/setup.sh $(quote "$extras")")"
   # Every worker at once: on a pod slice the TPU runtime waits for all of them.
   local check="import jax; jax.distributed.initialize(); d = jax.devices()"
   check+="; print(f\"deit-jax: process {jax.process_index()}/{jax.process_count()}: \""
@@ -221,51 +264,109 @@ setup() {
   tpu_ssh all "cd ~/deit-jax && .venv/bin/python -c '$check'"
 }
 
-train() {
+# gs://BUCKET's defaults for train and precompute.
+bucket_defaults() {
   bucket=${bucket#gs://}
   bucket=${bucket%/}
-  if [[ -z $bucket && (-z $data_dir || -z $workdir) ]]; then
-    die "missing --bucket (or DEIT_TPU_BUCKET), or both --data-dir and --workdir"
-  fi
   [[ -z $bucket || $bucket =~ ^[a-z0-9][-a-z0-9_.]*$ ]] || die "bad bucket name '$bucket'"
-  local stem
-  stem=$(basename "$config" .py)
+  [[ -n $bucket ]] || return 0
   data_dir=${data_dir:-gs://$bucket/tensorflow_datasets}
-  workdir=${workdir:-gs://$bucket/deit-jax/$stem}
+  workdir=${workdir:-gs://$bucket/deit-jax/$(basename "$config" .py)}
+  teacher=${teacher:-gs://$bucket/models/regnety_160}
+  logits=${logits:-gs://$bucket/teacher_logits/regnety160}
+}
+
+train() {
+  bucket_defaults
+  [[ -n $data_dir && -n $workdir ]] ||
+    die "missing --bucket (or DEIT_TPU_BUCKET), or both --data-dir and --workdir"
   [[ $workdir == gs://* ]] ||
     die "--workdir must be gs://...: every worker writes the same checkpoints, and preemption loses the VM's disk"
+  launch train deit_jax.main "$(quote_all --config="$config" --workdir="$workdir" --multihost \
+    "${passthrough[@]}")"
+}
+
+precompute() {
+  ((config_given)) || config=configs/regnety_160_teacher.py
+  bucket_defaults
+  [[ -n $data_dir && -n $teacher && -n $logits ]] ||
+    die "missing --bucket (or DEIT_TPU_BUCKET), or all of --data-dir, --teacher and --logits"
+  [[ $logits == gs://* ]] || die "--logits must be gs://...: every worker writes its shards there"
+  local model=(--checkpoint="$teacher") arg
+  for arg in "${passthrough[@]}"; do  # -- --timm=NAME --timm_weights=FILE: timm's model
+    [[ $arg == --timm=* ]] && model=()
+  done
+  launch precompute deit_jax.teacher "$(quote_all precompute --config="$config" \
+    "${model[@]}" --split=train --out="$logits" --multihost "${passthrough[@]}")"
+}
+
+# The TPU must be READY: during maintenance or repair, or once preempted, ssh fails or hangs.
+check_ready() {
+  local describe=(gcloud compute tpus tpu-vm describe "$name" "${gflags[@]}" --format='value(state)')
+  if ((dry_run)); then
+    run "${describe[@]}"
+    echo "# $subcommand stops here unless the state is READY"
+    return
+  fi
+  local state
+  state=$("${describe[@]}") || die "cannot read the state of TPU '$name' (gcloud's message above)"
+  case $state in
+    READY) ;;
+    PREEMPTED | TERMINATED)
+      die "TPU '$name' is $state: 'delete', 'create' and 'setup' it, then '$subcommand' again resumes" ;;
+    *) die "TPU '$name' is ${state:-in no state}, not READY (maintenance or repair?): wait, then run '$subcommand' again" ;;
+  esac
+}
+
+# launch JOB MODULE ARGS: 'python -m MODULE ARGS' on every worker under nohup (it outlives
+# the ssh session), log in ~/deit-jax/logs/JOB_<hostname>.log. One job at a time per TPU.
+launch() {
+  local job=$1 module=$2 args=$3
   local env_words=(TFDS_DATA_DIR="$(quote "$data_dir")") kv
   for kv in "${extra_env[@]}"; do
     [[ $kv =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "bad --env '$kv': KEY=VALUE"
     env_words+=("${kv%%=*}=$(quote "${kv#*=}")")
   done
-  local main_args
-  main_args=$(quote_all --config="$config" --workdir="$workdir" --multihost "${passthrough[@]}")
-
-  # Refuse a second run: a worker with a live trainer would otherwise get another one.
+  check_ready
+  # Refuse a second job: a worker with a live one would otherwise get another. A job alive
+  # on some workers only is what a worker's reboot (maintenance) or crash leaves behind.
   if ((dry_run)); then
     tpu_ssh all "$alive_cmd"
-    echo "# train stops here if any worker printed ALIVE:<hostname>"
+    echo "# $job stops here if any worker printed ALIVE:<hostname>"
   else
-    local alive
-    alive=$(tpu_ssh all "$alive_cmd" | sed -n 's/.*ALIVE:\([^[:space:]]*\).*/\1/p' | tr '\n' ' ')
+    local answer alive idle
+    answer=$(tpu_ssh all "$alive_cmd")
+    alive=$(sed -n 's/.*ALIVE:\([^[:space:]]*\).*/\1/p' <<<"$answer" | tr '\n' ' ')
+    idle=$(sed -n 's/.*idle:\([^[:space:]]*\).*/\1/p' <<<"$answer" | tr '\n' ' ')
+    [[ -z $alive || -z $idle ]] ||
+      die "a job runs on ${alive% } but not on ${idle% } (a worker rebooted or its process died): '$prog stop', then '$prog $job' again resumes"
     [[ -z $alive ]] ||
-      die "a trainer is already running on ${alive% }: see '$prog logs', or '$prog stop' it first"
+      die "a job is already running on ${alive% }: see '$prog status' and '$prog logs', or '$prog stop' it first"
   fi
   # The per-worker guard repeats the check in case two launches race.
-  local start="${env_words[*]} nohup .venv/bin/python -m deit_jax.main $main_args >> \$log 2>&1 < /dev/null &"
+  local start="${env_words[*]} nohup .venv/bin/python -m $module $args >> \$log 2>&1 < /dev/null &"
   tpu_ssh all "$(statements "cd ~/deit-jax || exit 1" \
     "[ -x .venv/bin/python ] || { echo \"no ~/deit-jax/.venv on \$(hostname): run '$prog setup' first\" >&2; exit 1; }" \
-    "if pgrep -f $trainer >/dev/null; then echo \"a trainer is already running on \$(hostname)\" >&2; exit 1; fi" \
-    "mkdir -p logs" "log=logs/train_\$(hostname).log" "echo \"=== \$(date -u) train\" >> \$log" \
-    "$start echo \"trainer pid \$! on \$(hostname), log ~/deit-jax/\$log\"")"
+    "if pgrep -f $jobs >/dev/null; then echo \"a deit_jax job is already running on \$(hostname)\" >&2; exit 1; fi" \
+    "mkdir -p logs" "log=logs/${job}_\$(hostname).log" "echo \"=== \$(date -u) $job\" >> \$log" \
+    "$start echo \"$job pid \$! on \$(hostname), log ~/deit-jax/\$log\"")"
 }
 
 case $subcommand in
+  setup | precompute | train | stop | status) agent_hint ;;
+  logs | ssh) [[ $worker != all ]] || agent_hint ;;
+esac
+case $subcommand in
   create) create ;;
   setup) setup ;;
+  precompute) precompute ;;
   train) train ;;
-  logs) tpu_ssh "$worker" "tail -n 100 -F ~/deit-jax/logs/train_\$(hostname).log" ;;
+  logs)
+    tpu_ssh "$worker" "$(statements \
+      "log=\$(ls -t ~/deit-jax/logs/*_\$(hostname).log 2>/dev/null | head -n 1)" \
+      "[ -n \"\$log\" ] || { echo \"no logs on \$(hostname)\" >&2; exit 1; }" \
+      "echo \"==> \$log\"" "tail -n 100 -F \"\$log\"")"
+    ;;
   ssh)
     if [[ ${#passthrough[@]} -gt 0 ]]; then
       tpu_ssh "$worker" "${passthrough[*]}"
@@ -274,13 +375,14 @@ case $subcommand in
     fi
     ;;
   stop)
-    # The trainer saves a checkpoint on SIGTERM; wait up to 10 minutes for it to exit.
+    # A trainer saves a checkpoint on SIGTERM and exits; a precompute just exits (its
+    # finished shards stay). What still runs after --stop-timeout seconds is killed.
     tpu_ssh all "$(statements \
-      "if ! pkill -TERM -f $trainer; then echo \"no trainer running on \$(hostname)\"; exit 0; fi" \
-      "echo \"SIGTERM sent on \$(hostname), waiting for the checkpoint\"" \
-      "for _ in \$(seq 120); do pgrep -f $trainer >/dev/null || break; sleep 5; done" \
-      "if pgrep -f $trainer >/dev/null; then echo \"trainer still running on \$(hostname)\" >&2; exit 1; fi" \
-      "echo \"trainer stopped on \$(hostname)\"")"
+      "if ! pkill -TERM -f $jobs; then echo \"nothing running on \$(hostname)\"; exit 0; fi" \
+      "echo \"SIGTERM sent on \$(hostname), waiting up to $stop_timeout s for the checkpoint\"" \
+      "for _ in \$(seq $stop_timeout); do pgrep -f $jobs >/dev/null || break; sleep 1; done" \
+      "if pkill -KILL -f $jobs; then echo \"still running after $stop_timeout s on \$(hostname): SIGKILL sent (progress since the last checkpoint is lost)\" >&2; sleep 1; fi" \
+      "echo \"stopped on \$(hostname)\"")"
     ;;
   status)
     ((queued)) && run gcloud compute tpus queued-resources describe "$name" "${gflags[@]}" \

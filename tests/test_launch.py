@@ -1,7 +1,8 @@
 """launch/tpu_vm.sh and launch/gpu_multinode.sh: the gcloud/srun commands their --dry-run
 prints (what runs without it, checked with a fake gcloud), the remote shell commands run
-for real in a sandbox (quoting, nohup, the one-trainer guard, SIGTERM on stop), one-line
-errors, shellcheck. Fast, no network, no cloud."""
+for real in a sandbox (quoting, nohup, the one-job guard, SIGTERM then SIGKILL on stop),
+one-line errors, shellcheck; how a process joins a multi-process job (deit_jax.processes);
+the version pins of launch/constraints.txt. Fast, no network, no cloud."""
 
 import json
 import os
@@ -74,6 +75,15 @@ def test_create_picks_runtime_version_by_accelerator(accelerator, gcloud_type, v
       f"--accelerator-type={gcloud_type}", f"--version={version}"]]
 
 
+def test_create_with_autocheckpoint_uses_gcloud_alpha():
+  assert _dry("create", *BASE, "--autocheckpoint", "--spot") == [[
+      "gcloud", "alpha", "compute", "tpus", "tpu-vm", "create", "deit-test",
+      "--zone=us-central2-b", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base",
+      "--spot", "--autocheckpoint-enabled"]]
+  assert _dry("create", *BASE, "--queued", env=_env(DEIT_TPU_AUTOCHECKPOINT="1"))[0][:6] == [
+      "gcloud", "alpha", "compute", "tpus", "queued-resources", "create"]
+
+
 def test_create_options_and_environment_fallbacks():
   env = _env(DEIT_TPU_NAME="deit-test", DEIT_TPU_ZONE="us-central2-b",
              DEIT_TPU_PROJECT="my-proj", DEIT_TPU_SPOT="1")
@@ -99,8 +109,8 @@ def test_setup_ships_head_installs_and_checks_devices():
     assert "--worker=all" in argv and "--project=p" in argv
   install = _remote(install)
   assert "tar -xzf ~/deit-jax-src.tar.gz -C ~" in install
-  assert "python3.11 -m venv .venv" in install
-  assert "pip -q install -e '.[tpu]'" in install
+  # launch/setup.sh installs, with the pins of launch/constraints.txt
+  assert install.endswith("; PYTHON=python3.11 DEIT_JAX_LIST_DEVICES=0 bash launch/setup.sh tpu")
   assert "jax.device_count()" in _remote(check)
 
 
@@ -122,12 +132,15 @@ def test_setup_from_a_git_url():
   assert "|| git clone -q 'https://example.com/me/deit jax.git' ~/deit-jax" in install
   assert "fetch -q origin v1; git -C ~/deit-jax checkout -q --detach FETCH_HEAD" in install
   assert "install -y python3.12 python3.12-venv" in install
-  assert "pip -q install -e '.[tpu,test]'" in install
+  assert "bash launch/setup.sh tpu,test" in install
 
 
 def test_train_checks_for_a_live_trainer_then_starts_one_per_worker():
-  check, start = _dry("train", *BASE, "--bucket=gs://my-bucket/", "--config.model.name=x",
-                      "--env", "XLA_FLAGS=--xla_a --xla_b", "--", SPACED)
+  state, check, start = _dry("train", *BASE, "--bucket=gs://my-bucket/",
+                             "--config.model.name=x", "--env", "XLA_FLAGS=--xla_a --xla_b",
+                             "--", SPACED)
+  assert state[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "deit-test"]
+  assert "--format=value(state)" in state
   assert "--worker=all" in check and "--worker=all" in start
   assert "ALIVE:$(hostname)" in _remote(check)
   words = shlex.split(_remote(start))
@@ -140,13 +153,31 @@ def test_train_checks_for_a_live_trainer_then_starts_one_per_worker():
       "--config.model.name=x", SPACED, ">>"]
   assert "log=logs/train_$(hostname).log;" in words
   words = shlex.split(_remote(_dry("train", *BASE, "--config=configs/x.py",
-                                   "--workdir=gs://b/runs/x", "--data-dir=gs://b/tfds")[1]))
+                                   "--workdir=gs://b/runs/x", "--data-dir=gs://b/tfds")[2]))
   assert {"TFDS_DATA_DIR=gs://b/tfds", "--config=configs/x.py",
           "--workdir=gs://b/runs/x"} <= set(words)
 
 
+def test_precompute_starts_the_teacher_on_every_worker():
+  _, check, start = _dry("precompute", *BASE, "--bucket=b", "--", "--storage=topk")
+  assert "ALIVE:$(hostname)" in _remote(check)
+  words = shlex.split(_remote(start))
+  i = words.index("deit_jax.teacher")
+  assert words[i - 3:i + 9] == [
+      "nohup", ".venv/bin/python", "-m", "deit_jax.teacher", "precompute",
+      "--config=configs/regnety_160_teacher.py", "--checkpoint=gs://b/models/regnety_160",
+      "--split=train", "--out=gs://b/teacher_logits/regnety160", "--multihost",
+      "--storage=topk", ">>"]
+  assert "TFDS_DATA_DIR=gs://b/tensorflow_datasets" in words
+  assert "log=logs/precompute_$(hostname).log;" in words
+  words = shlex.split(_remote(_dry("precompute", *BASE, "--config=configs/deit_base.py",
+                                   "--teacher=/m", "--logits=gs://c/l", "--data-dir=gs://c/d")[2]))
+  assert {"--config=configs/deit_base.py", "--checkpoint=/m", "--out=gs://c/l",
+          "TFDS_DATA_DIR=gs://c/d"} <= set(words)
+
+
 @pytest.mark.parametrize("args, expected", [
-    (["logs"], ["--worker=0", "--command=tail -n 100 -F ~/deit-jax/logs/train_$(hostname).log"]),
+    (["logs"], ["--worker=0"]),
     (["logs", "--worker=3"], ["--worker=3"]),
     (["ssh"], ["--worker=0"]),
     (["ssh", "--worker", "all", "--internal-ip", "--", "ls", "-la"],
@@ -159,7 +190,9 @@ def test_logs_ssh_stop(args, expected):
                       "--zone=us-central2-b"]
   assert all(word in argv for word in expected), argv
   if args == ["stop"]:
-    assert "pkill -TERM -f" in _remote(argv)
+    assert "pkill -TERM -f" in _remote(argv) and "seq 600" in _remote(argv)
+  if args[0] == "logs":  # the newest log of the worker: train or precompute
+    assert "ls -t ~/deit-jax/logs/*_$(hostname).log" in _remote(argv)
 
 
 def test_status_and_delete():
@@ -190,6 +223,9 @@ def test_status_and_delete():
     (["create", *BASE, "--frobnicate"], "unknown option --frobnicate"),
     (["create", *BASE, "--name"], "--name needs a value"),
     (["create", *BASE, "--spot=yes"], "--spot takes no value"),
+    (["stop", *BASE, "--stop-timeout=soon"], "bad --stop-timeout"),
+    (["precompute", *BASE, "--teacher=gs://b/m"], "missing --bucket"),
+    (["precompute", *BASE, "--bucket=b", "--logits=/tmp/l"], "--logits must be gs://"),
 ])
 def test_bad_input_is_a_one_line_error(args, message):
   p = _run(TPU, "--dry-run", *args, check=False)
@@ -200,85 +236,149 @@ def test_bad_input_is_a_one_line_error(args, message):
 
 def test_help_lists_every_setting():
   text = _run(TPU, "--help").stdout
-  words = ("create setup train logs ssh stop status delete --name --zone --project --accelerator"
-           " --version --spot --preemptible --queued --bucket --data-dir --config --workdir --env"
-           " --repo --ref --python --extras --worker --internal-ip --dry-run DEIT_TPU_NAME"
-           " DEIT_TPU_ZONE v4-32 tpu-ubuntu2204-base v2-alpha-tpuv5-lite configs/deit_base.py")
+  words = ("create setup precompute train logs ssh stop status delete --name --zone --project"
+           " --accelerator --version --spot --preemptible --queued --autocheckpoint --bucket"
+           " --data-dir --config --workdir --teacher --logits --env --repo --ref --python"
+           " --extras --worker --stop-timeout --internal-ip --dry-run DEIT_TPU_NAME"
+           " DEIT_TPU_ZONE v4-32 tpu-ubuntu2204-base v2-alpha-tpuv5-lite configs/deit_base.py"
+           " configs/regnety_160_teacher.py launch/constraints.txt")
   assert [word for word in words.split() if word not in text] == []
   assert "--coordinator" in _run(GPU, "--help").stdout
 
 
-@pytest.mark.parametrize("alive", [False, True])
-def test_without_dry_run_gcloud_gets_what_dry_run_prints(tmp_path, alive):
-  """A fake gcloud records its argv and answers the live-trainer check: train runs exactly
-  the dry-run's commands, or stops after the check when a worker has a trainer."""
+def _fake_gcloud(tmp_path, state="READY", workers="idle:t1-w-0", **extra_env):
+  """(environment, log): a gcloud on PATH that appends its argv to the log (JSON lines),
+  prints ``state`` for describe and ``workers`` for the live-job check."""
   (tmp_path / "bin").mkdir()
   log = tmp_path / "gcloud.jsonl"
   (tmp_path / "bin" / "gcloud").write_text(
       f"#!{sys.executable}\nimport json, sys\n"
       f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-      f"if any('ALIVE:' in a for a in sys.argv): "
-      f"print({'ALIVE:t1-w-1' if alive else 'idle:x'!r})\n")
+      f"if 'describe' in sys.argv: print({state!r})\n"
+      f"if any('ALIVE:' in a for a in sys.argv): print({workers!r})\n")
   (tmp_path / "bin" / "gcloud").chmod(0o755)
-  env = _env()
+  env = _env(**extra_env)
   env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+  return env, log
+
+
+@pytest.mark.parametrize("state, workers, calls, message", [
+    ("READY", "idle:t1-w-0\nidle:t1-w-1", 3, None),
+    ("READY", "ALIVE:t1-w-0 deit_jax.main\nALIVE:t1-w-1 deit_jax.main", 2,
+     "already running on t1-w-0 t1-w-1"),
+    # one worker rebooted (maintenance): its trainer is gone, the other one's hangs
+    ("READY", "idle:t1-w-0\nALIVE:t1-w-1 deit_jax.main", 2,
+     "runs on t1-w-1 but not on t1-w-0 (a worker rebooted"),
+    ("REPAIRING", "", 1, "TPU 'deit-test' is REPAIRING, not READY"),
+    ("PREEMPTED", "", 1, "is PREEMPTED: 'delete', 'create' and 'setup' it"),
+])
+def test_without_dry_run_gcloud_gets_what_dry_run_prints(tmp_path, state, workers, calls,
+                                                         message):
+  """A fake gcloud records its argv and answers the state and live-job checks: train runs
+  exactly the dry-run's commands, or stops after the check that failed, with one line."""
+  env, log = _fake_gcloud(tmp_path, state, workers)
   args = ["train", *BASE, "--bucket=b", "--config.model.name=x", "--", SPACED]
   p = _run(TPU, *args, env=env, check=False)
-  calls = [["gcloud", *json.loads(line)] for line in log.read_text().splitlines()]
-  if alive:
-    assert p.returncode == 2 and "already running on t1-w-1" in p.stderr, p.stderr
-    assert calls == _dry(*args)[:1]  # the check only: nothing started
+  recorded = [["gcloud", *json.loads(line)] for line in log.read_text().splitlines()]
+  assert recorded == _dry(*args)[:calls]
+  if message is None:
+    assert p.returncode == 0, p.stderr
   else:
-    assert p.returncode == 0 and calls == _dry(*args), p.stderr
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert message in p.stderr, p.stderr
 
 
 def test_remote_commands_in_a_sandbox(tmp_path):
-  """train -> (second train refused) -> stop, the remote strings run by a real bash with
-  HOME in tmp_path and a fake trainer, in a private PID namespace so that pgrep/pkill see
-  only the sandbox's processes."""
+  """train -> (a second job refused) -> stop; a trainer deaf to SIGTERM -> stop kills it;
+  precompute -> stop: the remote strings run by a real bash with HOME in tmp_path and fake
+  jobs, in a private PID namespace so that pgrep/pkill see only the sandbox's processes."""
   if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
                     capture_output=True).returncode != 0:
     pytest.skip("needs `unshare --pid` (root or user namespaces) to isolate pgrep/pkill")
   repo = tmp_path / "deit-jax"
-  (repo / "deit_jax").mkdir(parents=True)
+  (repo / "deit_jax" / "teacher").mkdir(parents=True)
   (repo / "deit_jax" / "__init__.py").write_text("")
   (repo / "deit_jax" / "main.py").write_text(
       "import json, os, signal, sys, time\n"
       "home = os.environ['HOME']\n"
-      "signal.signal(signal.SIGTERM, lambda *_: (open(home + '/sigterm', 'w').close(),"
+      "if os.environ.get('FAKE_DEAF'):\n"
+      "  signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+      "else:\n"
+      "  signal.signal(signal.SIGTERM, lambda *_: (open(home + '/sigterm', 'w').close(),"
       " sys.exit(0)))\n"
       "json.dump({'argv': sys.argv[1:], 'data': os.environ.get('TFDS_DATA_DIR')},"
       " open(home + '/argv.tmp', 'w'))\n"
       "os.rename(home + '/argv.tmp', home + '/argv.json')\n"
       "print('fake trainer up', flush=True)\n"
       "time.sleep(60)\n")
+  (repo / "deit_jax" / "teacher" / "__init__.py").write_text("")
+  (repo / "deit_jax" / "teacher" / "__main__.py").write_text(
+      "import os, sys, time\n"
+      "open(os.environ['HOME'] + '/teacher_up', 'w').write(' '.join(sys.argv[1:]))\n"
+      "time.sleep(60)\n")
   (repo / ".venv" / "bin").mkdir(parents=True)
   (repo / ".venv" / "bin" / "python").symlink_to(sys._base_executable)
-  _, start = _dry("train", *BASE, "--bucket=b", "--config.model.name=x", "--", SPACED)
-  (tmp_path / "cmd_train").write_text(_remote(start))
-  (tmp_path / "cmd_alive").write_text(_remote(_dry("status", *BASE)[1]))
-  (tmp_path / "cmd_stop").write_text(_remote(_dry("stop", *BASE)[0]))
+  commands = {
+      "train": _dry("train", *BASE, "--bucket=b", "--config.model.name=x", "--", SPACED)[2],
+      "deaf": _dry("train", *BASE, "--bucket=b", "--env=FAKE_DEAF=1")[2],
+      "precompute": _dry("precompute", *BASE, "--bucket=b")[2],
+      "alive": _dry("status", *BASE)[1], "stop": _dry("stop", *BASE)[0],
+      "stop1": _dry("stop", *BASE, "--stop-timeout=1")[0]}
+  for key, argv in commands.items():
+    (tmp_path / f"cmd_{key}").write_text(_remote(argv))
   driver = """
     r() { bash -c "$(cat ~/cmd_$1)" > ~/out_$2 2>&1; echo $? > ~/rc_$2; }
-    r alive 1; r train 2
-    for _ in $(seq 100); do [ -f ~/argv.json ] && break; sleep 0.1; done
-    r alive 3; r train 4; r stop 5; r alive 6
+    up() { for _ in $(seq 100); do [ -f ~/$1 ] && break; sleep 0.1; done; }
+    r alive 1; r train 2; up argv.json; cp ~/argv.json ~/argv1.json
+    r alive 3; r precompute 4; r stop 5; r alive 6
+    rm ~/argv.json; r deaf 7; up argv.json; r stop1 8; r alive 9
+    r precompute 10; up teacher_up; r alive 11; r stop 12
   """
   subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
                   "bash", "-c", driver], env=_env(HOME=str(tmp_path)), timeout=60, check=True)
-  out = {i: (tmp_path / f"out_{i}").read_text() for i in range(1, 7)}
-  rc = {i: int((tmp_path / f"rc_{i}").read_text()) for i in range(1, 7)}
+  out = {i: (tmp_path / f"out_{i}").read_text() for i in range(1, 13)}
+  rc = {i: int((tmp_path / f"rc_{i}").read_text()) for i in range(1, 13)}
   host = subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip()
-  assert out[1].strip() == f"idle:{host}" and out[3].strip() == f"ALIVE:{host}", out
-  assert rc[2] == 0 and "trainer pid" in out[2], out[2]
-  assert json.loads((tmp_path / "argv.json").read_text()) == {
+  assert out[1].strip() == out[6].strip() == out[9].strip() == f"idle:{host}", out
+  assert out[3].strip() == f"ALIVE:{host} deit_jax.main", out[3]
+  assert rc[2] == 0 and "train pid" in out[2], out[2]
+  assert json.loads((tmp_path / "argv1.json").read_text()) == {
       "argv": ["--config=configs/deit_base.py", "--workdir=gs://b/deit-jax/deit_base",
                "--multihost", "--config.model.name=x", SPACED],
       "data": "gs://b/tensorflow_datasets"}
   assert rc[4] == 1 and "already running" in out[4]  # the per-worker guard
-  assert rc[5] == 0 and "trainer stopped" in out[5] and (tmp_path / "sigterm").exists()
-  assert out[6].strip() == f"idle:{host}"
-  assert "fake trainer up" in (repo / "logs" / f"train_{host}.log").read_text()
+  assert rc[5] == 0 and f"stopped on {host}" in out[5] and (tmp_path / "sigterm").exists()
+  assert "SIGKILL" not in out[5]
+  # deaf to SIGTERM: killed after --stop-timeout, saying so in one line
+  assert rc[8] == 0 and out[8].count("SIGKILL sent") == 1, out[8]
+  assert "still running after 1 s on" in out[8]
+  assert (tmp_path / "teacher_up").read_text().startswith(
+      "precompute --config=configs/regnety_160_teacher.py --checkpoint=gs://b/models/")
+  assert out[11].strip() == f"ALIVE:{host} deit_jax.teacher", out[11]
+  assert rc[12] == 0 and f"stopped on {host}" in out[12]
+  logs = repo / "logs"
+  assert "fake trainer up" in (logs / f"train_{host}.log").read_text()
+  assert (logs / f"precompute_{host}.log").read_text().count("precompute") >= 1
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
+@pytest.mark.parametrize("passphrase", ["", "secret"])
+def test_a_key_with_a_passphrase_and_no_agent_gets_one_hint(tmp_path, passphrase):
+  """--worker=all runs one ssh per worker at once: a passphrase nobody's agent holds would be
+  asked for by each; the script says so once, before the first of them."""
+  key = tmp_path / ".ssh" / "google_compute_engine"
+  key.parent.mkdir()
+  subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(key)],
+                 check=True, timeout=30)
+  env, _ = _fake_gcloud(tmp_path, HOME=str(tmp_path))
+  env.pop("SSH_AUTH_SOCK", None)
+  p = _run(TPU, "train", *BASE, "--bucket=b", env=env)
+  hints = [line for line in p.stderr.splitlines() if "ssh-add" in line]
+  if passphrase:
+    assert len(hints) == 1 and "has a passphrase and no ssh agent holds it" in hints[0]
+    assert f"ssh-add {key}" in hints[0]
+  else:
+    assert hints == []
 
 
 def _fake_python(tmp_path):
@@ -292,14 +392,15 @@ def _fake_python(tmp_path):
 def test_gpu_slurm_srun_command(tmp_path):
   python = _fake_python(tmp_path)
   env = _env(SLURM_JOB_ID="7", SLURM_JOB_NUM_NODES="4", PYTHON=python,
-             SLURM_JOB_NODELIST="gpu[03-06,9],login1")
+             SLURM_JOB_NODELIST="gpu[03-06,9],login1", SLURM_JOB_CPUS_PER_NODE="64(x3),32")
   out = _run(GPU, "--dry-run", "--port=2222", "--config=c.py", "--workdir=/w", SPACED,
              env=env).stdout
   argv = shlex.split(out)
-  assert argv[:5] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1",
-                      "--kill-on-bad-exit=1"]
+  # One task per node with every CPU of the smallest node, not pinned to one core.
+  assert argv[:7] == ["srun", "--nodes=4", "--ntasks=4", "--ntasks-per-node=1",
+                      "--cpus-per-task=32", "--cpu-bind=none", "--kill-on-bad-exit=1"]
   # What each task runs, with its own SLURM_PROCID.
-  task = subprocess.run(argv[5:], env=_env(SLURM_PROCID="3"), capture_output=True,
+  task = subprocess.run(argv[7:], env=_env(SLURM_PROCID="3"), capture_output=True,
                         text=True, check=True).stdout
   assert json.loads(task) == ["-m", "deit_jax.main", "--process_id=3",
                               "--coordinator_address=gpu03:2222", "--num_processes=4",
