@@ -20,7 +20,7 @@ truthy() { [[ ${1:-} =~ ^(1|true|yes)$ ]]; }
 
 usage() {
   cat <<EOF
-usage: $prog SUBCOMMAND [options] [--config.key=value ...] [-- deit_jax.main flags...]
+usage: $prog SUBCOMMAND [options] [--config.key=value ...] [-- deit_jax.main or precompute flags...]
 
 subcommands:
   create      create the TPU VM (through a queued resource of the same name with --queued)
