@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 from typing import Any
 
 import jax
@@ -23,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from deit_jax import files
 from deit_jax.errors import (CheckpointError, CheckpointMismatchError, NotACheckpointError,
@@ -117,6 +119,21 @@ def _keys_to_data(tree):
   return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
+class _Manager(ocp.CheckpointManager):
+  """orbax's CheckpointManager without its own queries of JAX's preemption sync point.
+
+  orbax asks ``reached_preemption_sync_point`` from ``save`` and, on process 0, from the
+  thread that finalizes an asynchronous save, with that save's (by then older) step. JAX
+  keeps only the last value asked and reports it to the other processes when a notice
+  arrives, so such a late call could make process 0 report a step it has passed, and the
+  processes would not all stop at the agreed step. ``TrainCheckpoints.reached_preemption``
+  is the only caller instead (orbax uses the answer for its logs and ``should_save`` only).
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    return False
+
+
 class TrainCheckpoints:
   """orbax CheckpointManager for the train state, the data-iterator position and a
   description of the run, saved asynchronously every ``every_steps`` and kept ``keep``.
@@ -130,7 +147,8 @@ class TrainCheckpoints:
   def __init__(self, workdir, *, every_steps: int, keep: int):
     self.directory = _as_path(workdir) / "checkpoints"
     self.every_steps = every_steps
-    self._manager = ocp.CheckpointManager(
+    self._reached = lambda step: False  # until watch_preemption
+    self._manager = _Manager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=True, create=True,
@@ -142,6 +160,38 @@ class TrainCheckpoints:
 
   def should_save(self, step: int) -> bool:
     return self.every_steps > 0 and step % self.every_steps == 0
+
+  def watch_preemption(self, start_step: int) -> str | None:
+    """From now on a SIGTERM to any one process makes ``reached_preemption`` true at one
+    step, the same on every process. Returns a warning when SIGTERM cannot be handled.
+
+    One process: a Python handler sets a flag. Several (``jax.distributed``): JAX's
+    preemption service, which ``jax.distributed.initialize`` starts, catches SIGTERM in
+    each process (a C++ handler, which a Python one would replace), posts the notice to the
+    coordination service, and all processes agree on the step to stop at: one past the
+    furthest any of them has reported to ``reached_preemption_sync_point``. Steps are
+    counted from ``start_step`` (the same on every process), so a notice that arrives
+    before the first step names the first one.
+    """
+    if not jax.distributed.is_initialized():
+      notices = []
+      signal.signal(signal.SIGTERM, lambda *_: notices.append(True))
+      self._reached = lambda step: bool(notices)
+      return None
+    try:
+      multihost_utils.reached_preemption_sync_point(0)
+    except RuntimeError:  # the service was turned off: no handler, SIGTERM ends the process
+      return ("JAX's preemption service is off (jax_enable_preemption_service): a SIGTERM "
+              "ends the processes without saving a checkpoint")
+    self._reached = lambda step: multihost_utils.reached_preemption_sync_point(
+        step - start_step)
+    return None
+
+  def reached_preemption(self, step: int) -> bool:
+    """True at the step where every process saves and stops after a SIGTERM; call once per
+    step, for consecutive steps, on every process. No host synchronization: a local
+    flag or a lock-protected comparison (JAX agrees on the step in a background thread)."""
+    return self._reached(step)
 
   def save(self, step: int, state, data_state: dict, meta: dict, *, force=False) -> bool:
     self._manager.wait_until_finished()  # surfaces an earlier background failure here
@@ -207,7 +257,7 @@ class BestCheckpoint:
   def __init__(self, workdir, metric: str):
     self.metric = metric
     self.directory = _as_path(workdir) / "best"
-    self._manager = ocp.CheckpointManager(
+    self._manager = _Manager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                              enable_async_checkpointing=True,

@@ -4,13 +4,13 @@
 
 Reads top to bottom: hosts, mesh, input, model and optimizer, shardings, restore, steps,
 loop. A workdir that holds checkpoints is resumed from its latest complete one, exactly
-(the data stream continues at the saved step); SIGTERM saves and exits cleanly.
+(the data stream continues at the saved step). A SIGTERM to any process stops every process
+at the same step, which is saved; then they exit cleanly.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import jax
@@ -114,8 +114,9 @@ def _train(config, workdir: str) -> dict:
     return evaluate(eval_step, params, state.rest, batches)
 
   # ---------------------------------------------------------------- loop
-  preempted = []
-  signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
+  warning = checkpoints.watch_preemption(start_step)
+  if warning:
+    say(f"warning: {warning}")
   writer = _Writer(workdir)
   batches = feeding.train_batches(train_source, augment, host, mesh, teacher, seed=config.seed,
                               start_step=start_step)
@@ -129,7 +130,7 @@ def _train(config, workdir: str) -> dict:
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = train_step(state, timer.next(batches))
     last = step == total_steps
-    stop = bool(preempted)  # read once: a signal between two reads must not skip the save
+    stop = checkpoints.reached_preemption(step)  # once a step: the same step on every process
     saving = checkpoints.should_save(step) or last or stop
     if step % config.log_every_steps == 0 or saving:
       values = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -99,7 +99,8 @@ def test_sigterm_saves_and_exits_cleanly(fmnist_data_dir, tmp_path):
                                    "--config.checkpoint_every_steps=0"), cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
-  while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
+  metrics = workdir / "metrics.jsonl"  # opened before the loop, first written at step 10
+  while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
