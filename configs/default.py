@@ -24,8 +24,11 @@ def get_config():
   config.subset = ml_collections.ConfigDict(dict(classes="", per_class=0, seed=0))
 
   # A registry name (timm's) plus overrides of its config; the keys depend on the model.
+  # dtype: the compute dtype of matmuls, attention, GELU; residual_dtype: the residual
+  # stream's (the official AMP run keeps it, LayerNorm, softmax and the loss in float32).
   config.model = ml_collections.ConfigDict(dict(
-      name="REQUIRED", drop_path_rate=0.1, dtype="bfloat16", remat=False, attn_impl="xla"))
+      name="REQUIRED", drop_path_rate=0.1, dtype="bfloat16", residual_dtype="float32",
+      remat=False, attn_impl="xla"))
   config.aug = ml_collections.ConfigDict(dict(
       image_size=224, crop="rrc", pad=0, hflip=True, randaugment="rand-m9-mstd0.5-inc1",
       random_erasing=0.25, repeated_aug=3, crop_pct=0.875,
@@ -47,7 +50,11 @@ def get_config():
       momentum=0.9,                   # sgd only
       lr=5e-4, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
       warmup_steps=-1,                # >= 0 overrides warmup_epochs
-      warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5, grad_clip_norm=0.0))
+      warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5, grad_clip_norm=0.0,
+      # "epoch": timm's cosine stepped after each epoch, as the official loop (epoch k trains
+      # at the value for k - 1); "step": per step, the cosine after the warm-up (short runs)
+      schedule="epoch",
+      decay_dist_token=True))         # the official code decays dist_token (not cls/pos)
   config.lr_scale_batch = 512         # lr = optimizer.lr * batch_size / lr_scale_batch
 
   config.distill = ml_collections.ConfigDict(dict(

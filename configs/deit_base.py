@@ -21,6 +21,8 @@ with the DeiT-B top-1 it reports (ImageNet val, 224, 300 epochs, RegNetY-16GF te
             recipe; distill.teacher: a model directory written by deit_jax.convert)
 The paper's point: hard beats soft even on the class token alone, and the two tokens
 together beat either head alone.
+The distilled figures come from the teacher run on the augmented, mixed batch
+(``:online``); what the precomputed variants approximate: configs/imagenet_recipe.py.
 
 Expected runtime: ~9 h on a TPU v4-32 or 8xH100 (estimate; the paper: 53 h on one 8xV100
 node); batch 1024 global, bf16 compute with fp32 master weights.

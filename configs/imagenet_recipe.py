@@ -20,6 +20,17 @@ Not a config by itself: ``deit_tiny.py``, ``deit_small.py``, ``deit_base.py`` an
 
 Every teacher variant reads precomputed RegNetY-16GF logits (distill.teacher_logits) or
 runs a teacher online (distill.teacher).
+
+Which command reproduces which figure: the paper's teacher saw the augmented, mixed batch
+(official engine.py), so the distilled figures (hard, hard_cls, soft_cls) come from a
+teacher run online: ``:online`` for the hard row, ``none`` needs no teacher, and
+``hard_cls``/``soft_cls`` as in the paper take ``--config.distill.teacher=<model dir>``
+instead of teacher logits. The precomputed variants (``hard`` by default, ``hard_cls``,
+``soft_cls``, ``soft`` with ``distill.teacher_logits``) show the teacher the eval centre
+crop and mix its logits with the images' lambda: an approximation of that recipe at a
+fraction of its cost (docs/fidelity.md). Everything else follows the official code
+(per-epoch schedule, weight decay on dist_token, one Mixup draw per GPU of the official
+run: ``batch_groups``).
 """
 
 from configs import default
@@ -49,7 +60,9 @@ def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
   config.model.name = f"deit_{size}{'_distilled' if distilled else ''}_patch16_{img_size}"
   config.model.drop_path_rate = drop_path_rate
   config.aug.image_size = img_size
-  config.aug.crop_pct = 0.875 if img_size == 224 else 1.0
+  # Evaluation resizes to int(img_size / 0.875) and centre-crops, at 384 too (438 -> 384):
+  # the official datasets.py of the paper's release (int(256 / 224 * input_size)).
+  config.aug.crop_pct = 0.875
   config.batch_size = batch_size
   config.batch_groups = OFFICIAL_GPUS[size]
   config.num_epochs = float(epochs)

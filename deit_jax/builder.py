@@ -37,7 +37,8 @@ def model_overrides(config) -> dict:
 
 
 def mixup_config(config) -> mixup.MixupConfig:
-  return mixup.MixupConfig(**config.mixup.to_dict())
+  """``config.mixup`` with one draw per ``config.batch_groups`` group of the batch."""
+  return mixup.MixupConfig(**config.mixup.to_dict(), groups=config.get("batch_groups", 1))
 
 
 def loss_config(config) -> ts.LossConfig:
@@ -93,14 +94,24 @@ def build_optimizer(model: Model, *, lr: float, total_steps: int, warmup_steps: 
                     warmup_lr: float = 1e-6, min_lr: float = 1e-5, weight_decay: float = 0.05,
                     b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                     grad_clip_norm: float | None = None, name: str = "adamw",
-                    momentum: float = 0.9):
+                    momentum: float = 0.9, schedule: str = "step", steps_per_epoch: int = 0,
+                    decay_dist_token: bool = True):
   """(the optimizer ``name`` with DeiT's no-decay set -- AdamW by default, or SGD --, its
-  warm-up + cosine schedule)."""
-  schedule = optim.warmup_cosine(lr, total_steps, warmup_steps, warmup_lr, min_lr)
-  tx = optim.create(name, schedule, nnx.to_pure_dict(model.definition.params_template),
+  warm-up + cosine schedule): ``schedule="epoch"`` is timm's per-epoch schedule as the
+  official loop steps it (``optim.epoch_cosine``; ``total_steps`` and ``warmup_steps``,
+  divided by ``steps_per_epoch``, give its epochs), "step" the per-step one."""
+  if schedule == "epoch":
+    epochs = total_steps / max(steps_per_epoch, 1)
+    lr_schedule = optim.epoch_cosine(lr, steps_per_epoch, epochs,
+                                     warmup_steps / max(steps_per_epoch, 1), warmup_lr, min_lr)
+  elif schedule == "step":
+    lr_schedule = optim.warmup_cosine(lr, total_steps, warmup_steps, warmup_lr, min_lr)
+  else:
+    raise ConfigError(f"optimizer.schedule must be one of {optim.SCHEDULES}, got {schedule!r}")
+  tx = optim.create(name, lr_schedule, nnx.to_pure_dict(model.definition.params_template),
                     weight_decay=weight_decay, b1=b1, b2=b2, eps=eps, momentum=momentum,
-                    grad_clip_norm=grad_clip_norm or None)
-  return tx, schedule
+                    grad_clip_norm=grad_clip_norm or None, decay_dist_token=decay_dist_token)
+  return tx, lr_schedule
 
 
 def model_from_config(config) -> Model:
@@ -119,7 +130,10 @@ def optimizer_from_config(config, model: Model, *, steps_per_epoch: int, total_s
                                  warmup_steps=warmup, warmup_lr=opt.warmup_lr,
                                  min_lr=opt.min_lr, weight_decay=opt.weight_decay, b1=opt.b1,
                                  b2=opt.b2, eps=opt.eps, grad_clip_norm=opt.grad_clip_norm,
-                                 name=opt.name, momentum=opt.momentum)
+                                 name=opt.name, momentum=opt.momentum,
+                                 schedule=opt.get("schedule", "epoch"),
+                                 steps_per_epoch=steps_per_epoch,
+                                 decay_dist_token=opt.get("decay_dist_token", True))
   return tx, schedule, base_lr
 
 

@@ -142,8 +142,8 @@ def load(name: str, *, seed: int = 0, **overrides: Any):
   Another ``num_classes`` keeps freshly initialised heads (seeded by ``seed``); another
   ``img_size`` resamples the position embedding, as ``deit_jax.convert`` does.
   """
-  numerics = ("dtype", "param_dtype", "remat", "attn_impl", "drop_rate", "attn_drop_rate",
-              "drop_path_rate")
+  numerics = ("dtype", "param_dtype", "residual_dtype", "remat", "attn_impl", "drop_rate",
+              "attn_drop_rate", "drop_path_rate")
   base = checkpoint.load_model(model_dir(name), **{k: v for k, v in overrides.items()
                                                    if k in numerics})
   if set(overrides) <= set(numerics):

@@ -3,8 +3,8 @@
 State is plain pytrees (pure dicts of arrays), so it shards, donates and checkpoints
 without NNX objects in the way; the model's graph definition is static. The step:
 
-    key      = fold_in(state.rng, state.step)
-    images, targets, teacher = mixup(key, batch)            # on device, same lambda for all
+    key      = step_key(state.rng, state.step)
+    images, targets, teacher = mixup(key, batch)            # on device, one draw per group
     outputs  = model.train()(images)                         # (cls, dist) or logits
     loss     = deit_loss(outputs, targets, teacher, ...)     # DeiT paper section 4
     params   = AdamW(params, grads); ema = decay * ema + (1 - decay) * params
@@ -122,6 +122,11 @@ def _match_params(tree, abstract_params, param_shardings, default):
                       is_leaf=mirrors)
 
 
+def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
+  """The key of step ``step``'s Mixup/CutMix draws (``deit_jax.data.mixup.draw``)."""
+  return jax.random.fold_in(jax.random.wrap_key_data(rng), step)
+
+
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: Callable,
                     loss_config: LossConfig, mixup_config: mixup.MixupConfig | None,
                     *, ema_decay: float = 0.99996, grad_accum_steps: int = 1,
@@ -152,7 +157,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     return loss, terms, outputs, nnx.to_pure_dict(grads), nnx.to_pure_dict(new_rest)
 
   def step_fn(state: TrainState, batch: dict[str, jax.Array], teacher_state=None):
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    key = step_key(state.rng, state.step)
     images, labels = batch["image"], batch["label"]
     teacher = batch.get("teacher_logits")
     if mixup_config is not None and mixup_config.enabled:

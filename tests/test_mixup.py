@@ -50,13 +50,20 @@ def test_teacher_is_mixed_with_the_same_lambda_and_pairing():
                              0.3 * teacher + 0.7 * teacher[::-1], atol=1e-6)
 
 
-def test_groups_mirror_within_each_replica():
+def test_groups_mix_within_each_group_with_their_own_draw():
+  """One draw per group of rows (per GPU of the official run), mirrored within the group."""
   x = jnp.arange(8.0).reshape(8, 1, 1, 1)
-  params = mixup.MixParams(jnp.float32(0.0), jnp.asarray(False), jnp.zeros(4, jnp.int32))
-  out = mixup.mix_images(x, params, num_groups=2).ravel()
-  np.testing.assert_array_equal(out, [3, 2, 1, 0, 7, 6, 5, 4])
+  params = mixup.MixParams(jnp.asarray([0.0, 0.25]), jnp.asarray([False, False]),
+                           jnp.zeros((2, 4), jnp.int32))
+  out = mixup.mix_images(x, params).ravel()
+  np.testing.assert_allclose(out, [3, 2, 1, 0, 0.25 * 4 + 0.75 * 7, 0.25 * 5 + 0.75 * 6,
+                                   0.25 * 6 + 0.75 * 5, 0.25 * 7 + 0.75 * 4])
+  targets = mixup.mix_targets(jnp.arange(8) % C, C, params, 0.0)
+  assert targets[0, 3] == 1 and targets[4, 4] == 0.25 and targets[4, 7] == 0.75
   with pytest.raises(ValueError, match="even number of examples per group"):
-    mixup.mix_images(jnp.zeros((6, 2, 2, 1)), params, num_groups=2)
+    mixup.mix_images(jnp.zeros((6, 2, 2, 1)), params)
+  draws = mixup.draw(jax.random.key(0), mixup.MixupConfig(groups=4), 8, 8)
+  assert draws.lam.shape == (4,) and len(set(np.asarray(draws.lam).tolist())) == 4
 
 
 def test_sampler_statistics_follow_the_recipe():

@@ -9,17 +9,37 @@ from deit_jax import optim
 from deit_jax.models import create_model
 
 
-def test_weight_decay_only_on_kernels():
+def test_weight_decay_on_kernels_and_dist_token():
+  """The official no-decay set: biases, norms, pos_embed and cls_token (timm 0.3.2's
+  VisionTransformer.no_weight_decay, which the official distilled model inherits)."""
   model = create_model("deit_tiny_distilled_patch16_224", depth=2)
-  mask = optim.weight_decay_mask(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
-  decayed = sorted(k for k, v in flat.items() if v)
-  assert "['blocks'][0]['attn']['qkv_kernel']" in decayed
-  assert "['head_dist']['kernel']" in decayed
-  for name in ("qkv_bias", "proj_bias", "pos_embed", "cls_token", "dist_token", "scale",
-               "['bias']"):
-    assert not any(name in k for k in decayed), name
-  assert len(decayed) == 2 * 4 + 3  # per block qkv/proj/fc1/fc2; patch embed and two heads
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+  def decayed(**kwargs):
+    mask = optim.weight_decay_mask(params, **kwargs)
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
+    return sorted(k for k, v in flat.items() if v)
+
+  official = decayed()
+  assert "['blocks'][0]['attn']['qkv_kernel']" in official
+  assert "['head_dist']['kernel']" in official
+  assert "['dist_token']" in official
+  for name in ("qkv_bias", "proj_bias", "pos_embed", "cls_token", "scale", "['bias']"):
+    assert not any(name in k for k in official), name
+  assert len(official) == 2 * 4 + 3 + 1  # per block qkv/proj/fc1/fc2; patch embed, 2 heads
+  assert decayed(decay_dist_token=False) == [k for k in official if k != "['dist_token']"]
+
+
+def test_epoch_schedule_is_timm_cosine_stepped_after_each_epoch():
+  """Epoch k trains at timm's value for epoch k - 1 (epoch 0 at the warm-up start)."""
+  schedule = optim.epoch_cosine(1e-3, steps_per_epoch=10, epochs=300, warmup_epochs=5)
+  lr = lambda epoch: float(schedule(epoch * 10 + 3))
+  assert lr(0) == lr(1) == pytest.approx(1e-6)
+  assert lr(2) == pytest.approx(1e-6 + (1e-3 - 1e-6) / 5, rel=1e-5)
+  assert lr(6) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + np.cos(np.pi * 5 / 300)),
+                                rel=1e-5)  # the cosine counts from epoch 0
+  assert float(schedule(10 * 10 - 1)) == float(schedule(10 * 9))  # constant within an epoch
+  assert lr(301) == pytest.approx(1e-5)
 
 
 def test_warmup_cosine_endpoints():

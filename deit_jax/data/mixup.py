@@ -8,10 +8,16 @@ corrects lambda to the pasted area; targets are smoothed one-hots mixed with the
 lambda. Teacher outputs (logits or probabilities) are mixed with the same lambda and
 pairing, so precomputed teacher targets follow the student's mixed view.
 
-Everything is a pure function of a PRNG key, so it runs inside the jitted train step.
-``num_groups`` mirrors within contiguous groups of the batch (one group per data-parallel
-replica), which is what the official code does under DistributedDataParallel and keeps
-the pairing local to each device.
+Groups (``MixupConfig.groups``, the run's ``config.batch_groups``): the official code calls
+timm's Mixup in every training process on that process's batch, so each GPU draws its own
+lambda, its own Mixup-or-CutMix choice and its own box, and mirrors within its own batch.
+Here the global batch is laid out as ``groups`` equal contiguous groups of rows, one per
+GPU of the official run, and every group draws and mirrors on its own. One group (the
+default) is one draw for the whole batch, as a single-GPU run.
+
+Everything is a pure function of a PRNG key, so it runs inside the jitted train step:
+``draw`` makes the random draws (what timm takes from ``numpy.random``), ``resolve`` turns
+them into boxes and corrected lambdas, the ``mix_*`` functions apply them.
 """
 
 from __future__ import annotations
@@ -33,21 +39,33 @@ class MixupConfig:
   switch_prob: float = 0.5    # probability of CutMix when both are enabled
   label_smoothing: float = 0.1
   correct_lam: bool = True    # CutMix lambda = 1 - pasted area (after clipping)
+  groups: int = 1             # independent draws, one per contiguous group of rows
 
   @property
   def enabled(self) -> bool:
     return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
 
+class MixDraws(NamedTuple):
+  """One batch's random draws, per group, in the order timm's ``Mixup`` takes them from
+  ``numpy.random``: rand() < prob, rand() < switch_prob, beta(alpha, alpha), and for CutMix
+  ``rand_bbox``'s randint() for the centre row and column."""
+
+  apply: jax.Array       # (G,) bool
+  use_cutmix: jax.Array  # (G,) bool (False where not applied)
+  lam: jax.Array         # (G,) float32, the Beta draw (1 where not applied)
+  center: jax.Array      # (G, 2) int32: cy, cx
+
+
 class MixParams(NamedTuple):
-  lam: jax.Array         # () float32, the weight of the original example (after correction)
-  use_cutmix: jax.Array  # () bool
-  box: jax.Array         # (4,) int32: y_low, y_high, x_low, x_high (CutMix only)
+  """What mixing applies, per group (scalars are taken as one group)."""
+
+  lam: jax.Array         # (G,) float32, the weight of the original example (after correction)
+  use_cutmix: jax.Array  # (G,) bool
+  box: jax.Array         # (G, 4) int32: y_low, y_high, x_low, x_high (CutMix only)
 
 
-def sample_mix_params(key: jax.Array, config: MixupConfig, height: int,
-                      width: int) -> MixParams:
-  """Draws one batch's mixing decision like timm's ``_params_per_batch`` + ``rand_bbox``."""
+def _draw_one(key: jax.Array, config: MixupConfig, height: int, width: int):
   k_apply, k_switch, k_mix, k_cut, k_cy, k_cx = jax.random.split(key, 6)
   both = config.mixup_alpha > 0 and config.cutmix_alpha > 0
   if both:
@@ -60,16 +78,35 @@ def sample_mix_params(key: jax.Array, config: MixupConfig, height: int,
                 if config.cutmix_alpha > 0 else jnp.float32(1.0))
   lam = jnp.where(use_cutmix, lam_cutmix, lam_mixup).astype(jnp.float32)
   apply = jax.random.uniform(k_apply) < config.prob if config.enabled else jnp.asarray(False)
-  lam = jnp.where(apply, lam, 1.0)
-  use_cutmix = use_cutmix & apply
+  center = jnp.stack([jax.random.randint(k_cy, (), 0, height),
+                      jax.random.randint(k_cx, (), 0, width)]).astype(jnp.int32)
+  return MixDraws(apply, use_cutmix & apply, jnp.where(apply, lam, 1.0), center)
 
-  cy = jax.random.randint(k_cy, (), 0, height)
-  cx = jax.random.randint(k_cx, (), 0, width)
-  box = cutmix_box(lam, cy, cx, height, width)
+
+def draw(key: jax.Array, config: MixupConfig, height: int, width: int) -> MixDraws:
+  """The draws of ``config.groups`` groups: one group uses ``key`` itself, more split it."""
+  if config.groups == 1:
+    return jax.tree.map(lambda x: x[None], _draw_one(key, config, height, width))
+  keys = jax.random.split(key, config.groups)
+  return jax.vmap(lambda k: _draw_one(k, config, height, width))(keys)
+
+
+def resolve(draws: MixDraws, config: MixupConfig, height: int, width: int) -> MixParams:
+  """Boxes from the draws, like timm's ``rand_bbox``, and CutMix's corrected lambda."""
+  box = jax.vmap(lambda lam, c: cutmix_box(lam, c[0], c[1], height, width))(draws.lam,
+                                                                          draws.center)
+  lam = draws.lam
   if config.correct_lam:
-    area = (box[1] - box[0]) * (box[3] - box[2])
-    lam = jnp.where(use_cutmix, 1.0 - area / (height * width), lam).astype(jnp.float32)
-  return MixParams(lam, use_cutmix, box)
+    area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
+    lam = jnp.where(draws.use_cutmix, 1.0 - area / (height * width), lam)
+  return MixParams(lam.astype(jnp.float32), draws.use_cutmix, box)
+
+
+def sample_mix_params(key: jax.Array, config: MixupConfig, height: int,
+                      width: int) -> MixParams:
+  """Draws one batch's mixing decisions like timm's ``_params_per_batch`` + ``rand_bbox``,
+  once per group."""
+  return resolve(draw(key, config, height, width), config, height, width)
 
 
 def cutmix_box(lam: jax.Array, cy: jax.Array, cx: jax.Array, height: int,
@@ -83,49 +120,62 @@ def cutmix_box(lam: jax.Array, cy: jax.Array, cx: jax.Array, height: int,
                    ).astype(jnp.int32)
 
 
-def _mirror(x: jax.Array, num_groups: int) -> jax.Array:
-  """``x.flip(0)`` within each of ``num_groups`` contiguous groups of the batch."""
+def _per_group(params: MixParams) -> MixParams:
+  return MixParams(jnp.reshape(params.lam, (-1,)), jnp.reshape(params.use_cutmix, (-1,)),
+                   jnp.reshape(params.box, (-1, 4)))
+
+
+def _grouped(x: jax.Array, groups: int) -> jax.Array:
+  """(B, ...) -> (groups, B / groups, ...), each group of an even size (timm mirrors pairs)."""
   b = x.shape[0]
-  if b % num_groups or (b // num_groups) % 2:
+  if b % groups or (b // groups) % 2:
     raise ConfigError(f"mixup needs an even number of examples per group: batch {b} in "
-                     f"{num_groups} group(s)")
-  grouped = x.reshape((num_groups, b // num_groups) + x.shape[1:])
-  return jnp.flip(grouped, axis=1).reshape(x.shape)
+                      f"{groups} group(s) (config.batch_groups)")
+  return x.reshape((groups, b // groups) + x.shape[1:])
 
 
-def mix_images(images: jax.Array, params: MixParams, num_groups: int = 1) -> jax.Array:
+def _mix_rows(x: jax.Array, lam: jax.Array) -> jax.Array:
+  """lam * x + (1 - lam) * x.flip(0) within each group; ``lam`` (G,)."""
+  grouped = _grouped(x, lam.shape[0])
+  lam = lam.reshape((-1,) + (1,) * (grouped.ndim - 1))
+  mixed = lam * grouped + (1.0 - lam) * jnp.flip(grouped, axis=1)
+  return mixed.reshape(x.shape)
+
+
+def mix_images(images: jax.Array, params: MixParams) -> jax.Array:
   """Mixes NHWC images with their mirrors: blend (Mixup) or paste the box (CutMix)."""
-  mirrored = _mirror(images, num_groups)
-  lam = params.lam.astype(images.dtype)
-  blended = images * lam + mirrored * (1 - lam)
+  params = _per_group(params)
+  grouped = _grouped(images, params.lam.shape[0])
+  mirrored = jnp.flip(grouped, axis=1)
+  lam = params.lam.astype(images.dtype)[:, None, None, None, None]
+  blended = grouped * lam + mirrored * (1 - lam)
   h, w = images.shape[1], images.shape[2]
-  ys, xs = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-  y0, y1, x0, x1 = params.box
-  inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
-  pasted = jnp.where(inside[None, :, :, None], mirrored, images)
-  return jnp.where(params.use_cutmix, pasted, blended)
+  ys, xs = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
+  y0, y1, x0, x1 = (params.box[:, i, None, None] for i in range(4))
+  inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)            # (G, H, W)
+  pasted = jnp.where(inside[:, None, :, :, None], mirrored, grouped)
+  cut = params.use_cutmix[:, None, None, None, None]
+  return jnp.where(cut, pasted, blended).reshape(images.shape)
 
 
 def mix_targets(labels: jax.Array, num_classes: int, params: MixParams,
-                label_smoothing: float, num_groups: int = 1) -> jax.Array:
+                label_smoothing: float) -> jax.Array:
   """timm's ``mixup_target``: smoothed one-hots, lam * y + (1 - lam) * y_mirror."""
   off = label_smoothing / num_classes
   one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  smoothed = one_hot * (1.0 - label_smoothing) + off
-  return params.lam * smoothed + (1.0 - params.lam) * _mirror(smoothed, num_groups)
+  return _mix_rows(one_hot * (1.0 - label_smoothing) + off, _per_group(params).lam)
 
 
-def mix_teacher(teacher: jax.Array, params: MixParams, num_groups: int = 1) -> jax.Array:
+def mix_teacher(teacher: jax.Array, params: MixParams) -> jax.Array:
   """Mixes per-example teacher outputs (logits or probabilities) like the images."""
-  teacher = teacher.astype(jnp.float32)
-  return params.lam * teacher + (1.0 - params.lam) * _mirror(teacher, num_groups)
+  return _mix_rows(teacher.astype(jnp.float32), _per_group(params).lam)
 
 
 def mixup_batch(key: jax.Array, images: jax.Array, labels: jax.Array, num_classes: int,
-                config: MixupConfig, teacher: jax.Array | None = None, num_groups: int = 1):
+                config: MixupConfig, teacher: jax.Array | None = None):
   """One call for the train step: (mixed images, soft targets, mixed teacher or None)."""
   params = sample_mix_params(key, config, images.shape[1], images.shape[2])
-  mixed_teacher = None if teacher is None else mix_teacher(teacher, params, num_groups)
-  return (mix_images(images, params, num_groups),
-          mix_targets(labels, num_classes, params, config.label_smoothing, num_groups),
+  mixed_teacher = None if teacher is None else mix_teacher(teacher, params)
+  return (mix_images(images, params),
+          mix_targets(labels, num_classes, params, config.label_smoothing),
           mixed_teacher)

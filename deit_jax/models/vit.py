@@ -5,6 +5,10 @@ tokens ``[cls, dist, patch_1..patch_N]`` (row-major patches), one learned positi
 embedding added to all of them, pre-norm blocks with exact GELU and LayerNorm eps
 1e-6, a final LayerNorm and one linear head per token.
 
+Numerics: matmuls, attention and GELU compute in ``dtype`` (e.g. bfloat16), LayerNorm
+statistics and the attention softmax in float32, and the residual stream (the sums
+``x + branch``) in ``residual_dtype``, float32 by default like the official AMP training.
+
 Every parameter carries logical axis names (see ``LOGICAL_AXES``) in its ``out_sharding``
 metadata; they stay metadata (``eager_sharding=False``) until the trainer maps them to a
 mesh with its rules table.
@@ -66,6 +70,10 @@ class DeiTConfig:
   drop_path_rate: float = 0.0
   dtype: str = "float32"        # compute dtype
   param_dtype: str = "float32"  # storage dtype of the master weights
+  # The residual stream's dtype: float32 as the official AMP run (its autocast computes
+  # matmuls in half precision, but the block sums x + branch, like the LayerNorms, stay in
+  # float32); set it to ``dtype`` to carry the stream in the compute dtype.
+  residual_dtype: str = "float32"
   remat: bool = False           # rematerialise each block in the backward pass
   attn_impl: AttentionImpl = "xla"
 
@@ -90,6 +98,10 @@ class DeiTConfig:
       if not 0.0 <= value < 1.0:
         problems.append(f"{key} must be in [0, 1), got {value!r}")
     problems += dtype_problems(self)
+    try:
+      jnp.dtype(self.residual_dtype)
+    except TypeError:
+      problems.append(f"residual_dtype {self.residual_dtype!r} is not a dtype name")
     if self.attn_impl not in ("xla", "dot_product", "cudnn"):
       problems.append(f"attn_impl must be 'xla', 'dot_product' or 'cudnn', "
                       f"got {self.attn_impl!r}")
@@ -282,8 +294,9 @@ class Block(nnx.Module):
     self.drop_path2 = DropPath(drop_path, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.drop_path1(self.attn(self.norm1(x)))
-    return x + self.drop_path2(self.mlp(self.norm2(x)))
+    """``x`` in the residual dtype; the branches compute in the compute dtype."""
+    x = x + self.drop_path1(self.attn(self.norm1(x))).astype(x.dtype)
+    return x + self.drop_path2(self.mlp(self.norm2(x))).astype(x.dtype)
 
 
 def _apply_block(block: Block, x: jax.Array) -> jax.Array:
@@ -325,10 +338,10 @@ class VisionTransformer(nnx.Module):
     self._check_input(images)
     cfg = self.config
     x = self.patch_embed(images)
-    b, dt = x.shape[0], cfg.dtype
+    b, rd = x.shape[0], cfg.residual_dtype
     prefix = [self.cls_token] + ([self.dist_token] if cfg.distilled else [])
-    tokens = [jnp.broadcast_to(t[...].astype(dt), (b, 1, cfg.embed_dim)) for t in prefix]
-    x = jnp.concatenate(tokens + [x], axis=1) + self.pos_embed[...].astype(dt)
+    tokens = [jnp.broadcast_to(t[...].astype(rd), (b, 1, cfg.embed_dim)) for t in prefix]
+    x = jnp.concatenate(tokens + [x.astype(rd)], axis=1) + self.pos_embed[...].astype(rd)
     x = constrain(self.pos_drop(x), _TOKENS)
     block_fn = nnx.remat(_apply_block) if cfg.remat else _apply_block
     for block in self.blocks:
