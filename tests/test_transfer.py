@@ -35,7 +35,7 @@ def test_sgd_recipe_trains_on_a_stand_in(fmnist_data_dir, tmp_path):
   from deit_jax import main
   config = transfer.get_config("cifar10")
   config.update(dict(dataset="fashion_mnist", data_dir=fmnist_data_dir, num_classes=3,
-                     batch_size=24, total_steps=3, init_from="", log_every_steps=1,
+                     batch_size=32, total_steps=3, init_from="", log_every_steps=1,
                      eval_every_steps=0, checkpoint_every_steps=0))
   config.subset.classes = "0,1,2"
   config.model.update(dict(img_size=32, in_chans=1, embed_dim=32, depth=1, num_heads=2,

@@ -125,4 +125,6 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
   }
   if pid == 0:
     store.write_manifest(out_dir, manifest)
+  if nproc > 1:  # every process reads the store back once the manifest is there
+    multihost_utils.sync_global_devices("deit_jax.teacher.precompute manifest")
   return manifest
