@@ -138,9 +138,10 @@ class TrainCheckpoints:
   """orbax CheckpointManager for the train state, the data-iterator position and a
   description of the run, saved asynchronously every ``every_steps`` and kept ``keep``.
 
-  orbax writes each step into a temporary folder and renames it when complete, so
-  ``latest_step`` only ever sees complete checkpoints; an interrupted save leaves nothing
-  that a resume would pick. Errors of a background save are raised at the latest by the
+  orbax finishes a step atomically: on a local disk it renames a temporary folder, on
+  gs:// it writes a commit file into the step (``committed_steps`` below), so ``latest_step``
+  only ever sees complete checkpoints and an interrupted save leaves nothing that a resume
+  would pick. Errors of a background save are raised at the latest by the
   next ``save`` or by ``close``.
   """
 

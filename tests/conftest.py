@@ -23,6 +23,20 @@ except ImportError:
   pass
 
 
+SLOW = os.environ.get("DEIT_JAX_SLOW") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked ``slow`` (minutes each, covered in the suite by a cheaper sibling) run only
+  with DEIT_JAX_SLOW=1: ``DEIT_JAX_SLOW=1 .venv/bin/python -m pytest -m slow``."""
+  if SLOW:
+    return
+  skip = pytest.mark.skip(reason="slow: DEIT_JAX_SLOW=1 pytest -m slow runs it")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
+
 def require(module: str):
   """Imports an optional test dependency (torch, timm): skipped locally when missing, but
   in CI (CI=true) its absence fails the run, so parity can never silently go untested."""

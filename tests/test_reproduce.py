@@ -4,7 +4,7 @@ and 3, disagreement per seed) on tiny models, then the tables, the verdicts and 
 matrix.
 
 About 15 subprocesses (each imports TensorFlow and JAX, loads Fashion-MNIST and compiles),
-so ~5 minutes on 2 idle cores and more under load: skipped unless DEIT_JAX_SLOW_TESTS=1.
+so ~5 minutes on 2 idle cores and more under load: marked slow (DEIT_JAX_SLOW=1 runs it).
 """
 
 import json
@@ -18,8 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "launch", "reproduce_fashion_mnist.py")
 
 
-@pytest.mark.skipif(os.environ.get("DEIT_JAX_SLOW_TESTS") != "1",
-                    reason="slow (~5 min): set DEIT_JAX_SLOW_TESTS=1")
+@pytest.mark.slow
 def test_tiny_preset_runs_everything_and_reports(fmnist_data_dir, tmp_path):
   work = tmp_path / "reproduce"
   out = subprocess.run([sys.executable, SCRIPT, f"--workdir={work}", "--preset=tiny",
