@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from deit_jax import files
 from deit_jax.errors import (CheckpointError, CheckpointMismatchError, NotACheckpointError,
                              OutputExistsError)
-from deit_jax.models import create_model
+from deit_jax.models.registry import create_model  # not deit_jax.models: its docstring
 
 MODEL_METADATA = "deit_jax_model.json"
 _FORMAT = 1

@@ -1,7 +1,7 @@
 """Official DeiT weights by name: downloaded once, verified, converted once, reused.
 
-    from deit_jax import pretrained   # makes create_model(..., pretrained=True) available
-    model = create_model("deit_small_patch16_224", pretrained=True)
+    from deit_jax.models import create_model
+    model = create_model("deit_small_patch16_224", pretrained=True)   # loads through here
     python -m deit_jax.main ... --config.init_from=deit_base_patch16_224   # fine-tune
 
 ``WEIGHTS`` lists the published files (facebookresearch/deit README; timm's pretrained
@@ -152,5 +152,3 @@ def load(name: str, *, seed: int = 0, **overrides: Any):
   apply_state_dict(model, to_state_dict(base))
   return model
 
-
-registry.set_pretrained_loader(load)

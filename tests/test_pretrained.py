@@ -170,3 +170,38 @@ def test_init_from_a_registry_name(server, tmp_path, monkeypatch):
   assert state.params["pos_embed"].shape == (1, 1 + 7 * 7, 192)  # resampled from 14x14
   assert state.params["head"]["kernel"].shape == (192, 10)
   np.testing.assert_array_equal(state.ema["cls_token"], state.params["cls_token"])
+
+
+def test_pretrained_true_works_with_nothing_else_imported(tmp_path):
+  """timm's habit, in a fresh process: ``from deit_jax.models import create_model`` and
+  ``pretrained=True``, no ``import deit_jax.pretrained``. Served from a pre-seeded cache;
+  a model not cached goes as far as its download (a port nobody listens on here)."""
+  import os
+  import socket
+  import subprocess
+  import sys
+  from deit_jax import checkpoint
+  seeded = create_model(NAME, seed=5)
+  checkpoint.save_model(str(tmp_path / "cache" / "models" / NAME), seeded, name=NAME,
+                        overrides={})
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  script = (
+      "import sys\n"
+      "from deit_jax.models import create_model\n"
+      f"model = create_model({NAME!r}, pretrained=True)\n"
+      "print(repr(float(model.pos_embed[...].sum())))\n"
+      "try:\n"
+      "  create_model('deit_small_patch16_224', pretrained=True)\n"
+      "except Exception as e:\n"
+      "  print(type(e).__name__, e)\n")
+  env = dict(os.environ, DEIT_JAX_CACHE=str(tmp_path / "cache"),
+             DEIT_JAX_WEIGHTS_URL=f"http://127.0.0.1:{port}/deit")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=env, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  cached, missing = out.stdout.strip().splitlines()[-2:]
+  assert float(cached) == float(seeded.pos_embed[...].sum())
+  assert missing.startswith("PretrainedError cannot download "
+                            f"http://127.0.0.1:{port}/deit/deit_small_patch16_224-cd65a155.pth")

@@ -77,32 +77,16 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
   return merged
 
 
-# Published weights live a layer above the models (deit_jax.pretrained downloads them and
-# caches the converted model through deit_jax.checkpoint, which builds models from here);
-# that module registers its loader here when it is imported.
-_pretrained_loader: Callable[..., nnx.Module] | None = None
-
-
-def set_pretrained_loader(loader: Callable[..., nnx.Module]) -> None:
-  """``loader(name, seed=..., **overrides)`` serves ``create_model(..., pretrained=True)``."""
-  global _pretrained_loader
-  _pretrained_loader = loader
-
-
 def create_model(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None,
-                 pretrained: bool = False, **overrides: Any) -> nnx.Module:
-  """Builds a registered model; ``overrides`` replace its architecture/numerics defaults.
+                 **overrides: Any) -> nnx.Module:
+  """Builds a registered model, freshly initialised; ``overrides`` replace its
+  architecture/numerics defaults.
 
   ``seed`` seeds the "params" stream and (seed + 1) the "dropout" stream; pass ``rngs``
-  to control both yourself. ``pretrained=True`` loads the official weights (downloaded
-  and converted once by ``deit_jax.pretrained``, which must have been imported).
+  to control both yourself. With the official weights (``pretrained=True``):
+  ``deit_jax.models.create_model``.
   """
   factory, _, _ = _lookup(name)
-  if pretrained:
-    if _pretrained_loader is None:
-      raise ConfigError("create_model(pretrained=True) loads through deit_jax.pretrained: "
-                        "import it first (from deit_jax import pretrained)")
-    return _pretrained_loader(name, seed=seed, **overrides)
   config = model_config(name, **overrides)
   if rngs is None:
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
