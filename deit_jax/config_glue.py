@@ -26,16 +26,17 @@ def augment_config(config) -> pipeline.AugmentConfig:
   return pipeline.AugmentConfig(**values)
 
 
-def open_split(config, split: str) -> sources.Source:
+def open_split(config, split: str, extras: tuple[str, ...] = ()) -> sources.Source:
   """``split`` of the config's dataset, narrowed to ``config.subset``: its classes on every
   split, its ``per_class`` examples on the train split only (evaluation keeps every example
   of the kept classes). In a multi-process job, a dataset that still has to be prepared is
-  prepared by process 0 while the others wait (``sources.prepare_once``)."""
+  prepared by process 0 while the others wait (``sources.prepare_once``). ``extras``:
+  per-example keys to carry besides image/label/id (``sources.Source.extras``)."""
   if jax.process_count() > 1:
     sources.prepare_once(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
                          first=jax.process_index() == 0, agree=_agree_with_process_0)
   source = sources.open_source(config.dataset, split, data_dir=config.data_dir,
-                               manual_dir=config.manual_dir)
+                               manual_dir=config.manual_dir, extras=extras)
   chosen = config.subset
   source = subset.select(source, classes=subset.parse_classes(chosen.classes),
                          per_class=chosen.per_class if split == config.train_split else 0,

@@ -1,7 +1,10 @@
 """The evaluation step and its reduction: top-1/top-5 of the model's eval output (the head
 average for distilled models), top-1 of the cls and dist heads alone, the eval loss and,
-given teacher logits, student/teacher agreement per head -- summed over the masked
-(padded) batch, so that every example counts exactly once across hosts.
+given teacher logits, student/teacher agreement per head and, given each image's ReaL
+label set (``real_label``, a multi-hot row; Beyer et al. 2020, "Are we done with
+ImageNet?"), ReaL top-1 per head: a prediction in the set is correct, images with an empty
+set are left out -- all summed over the masked (padded) batch, so that every example counts
+exactly once across hosts.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import optax
 
 ACCURACIES = ("top1", "top5", "top1_cls", "top1_dist")
 AGREEMENTS = ("agreement", "agreement_cls", "agreement_dist")
+REAL_ACCURACIES = ("top1_real", "top1_real_cls", "top1_real_dist")
 
 
 def head_logits(model, images):
@@ -54,6 +58,14 @@ def make_eval_step(model_def) -> Callable:
       sums.update(agreement=agree(logits), agreement_cls=agree(cls_logits),
                   agreement_dist=agree(dist_logits), teacher_top1=jnp.sum(
                       (teacher == labels).astype(jnp.float32) * mask))
+    if "real_label" in batch:
+      real = batch["real_label"].astype(jnp.float32)          # [B, C] multi-hot
+      counted = mask * (jnp.sum(real, -1) > 0)               # an empty set is left out
+      in_set = lambda lg: jnp.take_along_axis(real, jnp.argmax(lg, -1)[:, None], -1)[:, 0]
+      sums.update(top1_real=jnp.sum(in_set(logits) * counted),
+                  top1_real_cls=jnp.sum(in_set(cls_logits) * counted),
+                  top1_real_dist=jnp.sum(in_set(dist_logits) * counted),
+                  count_real=jnp.sum(counted))
     return sums
 
   return eval_step
@@ -71,4 +83,8 @@ def evaluate(eval_step: Callable, params, rest, batches: Iterable[dict]) -> dict
             if k in totals}
   result["loss"] = totals["loss"] / count
   result["num_examples"] = int(totals["count"])
+  if "count_real" in totals:
+    result.update({k: 100.0 * totals[k] / max(totals["count_real"], 1.0)
+                   for k in REAL_ACCURACIES})
+    result["num_examples_real"] = int(totals["count_real"])
   return result

@@ -92,3 +92,21 @@ def test_heads_and_agreement_of_a_distilled_model_over_two_batches():
   rows = [np.mean(r, axis=0) for r in first + second[:1]]
   expected_loss = np.mean([_cross_entropy(r, k) for r, k in zip(rows, [0, 2, 3, 1])])
   assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_real_top1_per_head_leaves_out_empty_sets_and_padding():
+  # Same rows as above (predictions cls, dist, average): a (0, 1, 0), b (2, 2, 2),
+  # c (0, 3, 3), d (1, 1, 1); padding e predicts 0 everywhere.
+  rows = [[[5, 0, 0, 0], [0, 4, 0, 0]], [[0, 0, 3, 0], [0, 0, 3, 0]],
+          [[1, 0, 0, 0], [0, 0, 0, 4]], [[0, 2, 0, 0], [0, 2, 0, 0]],
+          [[9, 0, 0, 0], [9, 0, 0, 0]]]
+  sets = [{0, 1}, set(), {3}, {2, 3}, {0}]  # b's set is empty; e is padding
+  real = [[1 if c in s else 0 for c in range(4)] for s in sets]
+  batch = _batch(rows, [0, 2, 3, 1, 0], [1, 1, 1, 1, 0])
+  batch["real_label"] = jnp.asarray(real, jnp.uint8)
+  result = evaluate(make_eval_step(_HandDef(True)), None, None, [batch])
+  assert result["num_examples"] == 4 and result["num_examples_real"] == 3  # a, c, d
+  assert result["top1_real"] == pytest.approx(200 / 3)       # a (0 in {0,1}), c (3 in {3})
+  assert result["top1_real_cls"] == pytest.approx(100 / 3)   # a only
+  assert result["top1_real_dist"] == pytest.approx(200 / 3)  # a (1 in {0,1}), c
+  assert result["top1"] == pytest.approx(100.0)              # the original labels: all four

@@ -319,7 +319,8 @@ def train_dataset(source: Source, config: AugmentConfig, host: HostSlice, *, see
 
 
 def eval_dataset(source: Source, config: AugmentConfig, host: HostSlice) -> tf.data.Dataset:
-  """Every example once over all processes: padded batches with a boolean ``mask``."""
+  """Every example once over all processes: padded batches with a boolean ``mask`` (and the
+  source's ``extras``, e.g. each example's file name, which travel with it)."""
   b, local = host.global_batch, host.local_batch
   num_batches = -(-source.num_examples // b)
   n = source.num_examples
@@ -331,7 +332,7 @@ def eval_dataset(source: Source, config: AugmentConfig, host: HostSlice) -> tf.d
 
   def element(example, valid):
     return {"image": eval_transform(example, source, config), "label": example["label"],
-            "id": example["id"], "mask": valid}
+            "id": example["id"], "mask": valid, **{k: example[k] for k in source.extras}}
 
   ds = map_examples(tf.data.Dataset.range(num_batches * local).map(locate), source, element)
   return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE).with_options(

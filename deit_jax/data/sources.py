@@ -18,7 +18,8 @@ example at a time is costly, ``fetch_batch(indices) -> {"image": [n], "label": [
   TFDS's Python decoding; ``fetch_batch`` reads ``read_batch`` raw records in one Python
   call and parses them with ``tf.io.parse_example`` outside the GIL;
 * ``imagefolder:<root>`` lists ``<root>/<split>/<class>/<image>`` once, sorted, and reads
-  files by path (local or gs://).
+  files by path (local or gs://); class folders named by integers (ImageNetV2's ``0`` ...
+  ``999``) are labelled by their number, not their string order (``class_order``).
 
 ``id`` is the example's index in its split (int64): stable for a given prepared dataset,
 and the key precomputed teacher logits are joined on.
@@ -59,19 +60,25 @@ class Source:
   # fetch for a vector of indices (same examples, same order), where batched reads pay
   fetch_batch: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
   read_batch: int = 1
+  # per-example keys fetch returns besides image/label/id, as open_source was asked:
+  # "file_name" (a string) and "real_label" (uint8 [num_classes], the ReaL label set)
+  extras: tuple[str, ...] = ()
 
 
 def open_source(dataset: str, split: str, *, data_dir: str | None = None,
                 manual_dir: str | None = None,
-                in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Source:
+                in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
+                extras: tuple[str, ...] = ()) -> Source:
   """Opens ``dataset`` (a TFDS name or ``imagefolder:<root>``) at ``split``.
 
   TFDS splits of fixed-shape images up to ``in_memory_limit_bytes`` are held in memory;
-  larger ones are read by random access.
+  larger ones are read by random access. ``extras`` asks for per-example keys besides
+  image/label/id (``Source.extras``); a dataset without them is refused.
   """
   if dataset.startswith("imagefolder:"):
-    return _image_folder(dataset[len("imagefolder:"):], split)
-  return _tfds_source(dataset, split, data_dir, manual_dir, in_memory_limit_bytes)
+    return _image_folder(dataset[len("imagefolder:"):], split, tuple(extras))
+  return from_builder(_tfds_builder(dataset, data_dir, manual_dir), split, name=dataset,
+                      in_memory_limit_bytes=in_memory_limit_bytes, extras=tuple(extras))
 
 
 # ---------------------------------------------------------------------------
@@ -184,23 +191,27 @@ def _check_split(builder, split: str, name: str) -> int:
   return splits[split].num_examples
 
 
-def _tfds_source(name: str, split: str, data_dir, manual_dir, in_memory_limit_bytes) -> Source:
-  return from_builder(_tfds_builder(name, data_dir, manual_dir), split, name=name,
-                      in_memory_limit_bytes=in_memory_limit_bytes)
-
-
 def from_builder(builder, split: str, *, name: str | None = None,
-                 in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> Source:
-  """The source of a prepared TFDS builder (with "image" and "label" features) at ``split``."""
+                 in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
+                 extras: tuple[str, ...] = ()) -> Source:
+  """The source of a prepared TFDS builder (with "image" and "label" features; or
+  "original_label", as ``imagenet2012_real`` names its ImageNet label) at ``split``."""
   name = name or builder.name
   num_examples = _check_split(builder, split, name)
-  image_feature = builder.info.features["image"]
-  label_feature = builder.info.features["label"]
+  features = builder.info.features
+  label_key = "original_label" if "label" not in features and "original_label" in features \
+      else "label"
+  missing = [k for k in (label_key, *extras) if k not in features]
+  if missing:
+    raise DatasetError(f"{name} has no {', '.join(missing)} feature (it has "
+                       f"{', '.join(sorted(features.keys()))})")
+  image_feature = features["image"]
+  label_feature = features[label_key]
   shape = tuple(image_feature.shape)
   channels = shape[-1] if shape and shape[-1] in (1, 3) else 3
   fixed = shape and all(d is not None for d in shape)
-  if fixed and num_examples * int(np.prod(shape)) <= in_memory_limit_bytes:
-    images, labels = _load_in_memory(builder, split, channels)
+  if fixed and not extras and num_examples * int(np.prod(shape)) <= in_memory_limit_bytes:
+    images, labels = _load_in_memory(builder, split, channels, label_key)
     images_t, labels_t = tf.constant(images), tf.constant(labels)
 
     def fetch(index):
@@ -210,21 +221,22 @@ def from_builder(builder, split: str, *, name: str | None = None,
     return Source(name, split, num_examples, label_feature.num_classes, channels, False, fetch,
                   tuple(label_feature.names), labels)
   return _array_record_source(builder, name, split, num_examples, channels,
-                              label_feature)
+                              label_feature, label_key, tuple(extras))
 
 
-def _load_in_memory(builder, split, channels):
+def _load_in_memory(builder, split, channels, label_key="label"):
   """The whole split as (uint8 images, int64 labels), in split order."""
   if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
     ds = builder.as_dataset(split=split, shuffle_files=False,
                             read_config=tfds.ReadConfig(interleave_cycle_length=1))
+    ds = ds.map(lambda ex: {"image": ex["image"], "label": ex[label_key]})
   else:  # array_record has no as_dataset here: read raw records, decode with tf.data
     records = builder.as_data_source(split=split,
                                      decoders={"image": tfds.decode.SkipDecoding()})
     records = records.__getitems__(list(range(len(records))))
     encoded = tf.data.Dataset.from_tensor_slices({
         "image": [r["image"] for r in records],
-        "label": np.array([r["label"] for r in records], np.int64)})
+        "label": np.array([r[label_key] for r in records], np.int64)})
     ds = encoded.map(lambda ex: {"image": tf.io.decode_image(ex["image"], channels=channels,
                                                              expand_animations=False),
                                  "label": ex["label"]}, num_parallel_calls=tf.data.AUTOTUNE)
@@ -235,7 +247,8 @@ def _load_in_memory(builder, split, channels):
   return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
-def _array_record_source(builder, name, split, num_examples, channels, label_feature):
+def _array_record_source(builder, name, split, num_examples, channels, label_feature,
+                         label_key="label", extras=()):
   try:
     data_source = builder.as_data_source(split=split,
                                          decoders={"image": tfds.decode.SkipDecoding()})
@@ -247,26 +260,46 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
         f"random access needs; prepare it again into an empty data dir: "
         f"{prepare_hint(name, '<NEW_DATA_DIR>')} ({e})") from e
 
+  num_classes = label_feature.num_classes
+  extra_types = {"file_name": (tf.string, ()), "real_label": (tf.uint8, (num_classes,))}
+
   def read(index):
     record = data_source[int(index)]
-    return record["image"], np.int64(record["label"])
+    out = [record["image"], np.int64(record[label_key])]
+    for key in extras:
+      value = record[key]
+      if key == "file_name":
+        out.append(value.encode() if isinstance(value, str) else bytes(value))
+      else:  # the label set as a multi-hot row
+        row = np.zeros(num_classes, np.uint8)
+        row[np.asarray(value, np.int64)] = 1
+        out.append(row)
+    return tuple(out)
 
   def fetch(index):
-    image, label = tf.numpy_function(read, [index], (tf.string, tf.int64), stateful=False)
-    image.set_shape(())
-    label.set_shape(())
-    return {"image": image, "label": label, "id": tf.cast(index, tf.int64)}
+    types = (tf.string, tf.int64) + tuple(extra_types[k][0] for k in extras)
+    values = tf.numpy_function(read, [index], types, stateful=False)
+    shapes = ((), ()) + tuple(extra_types[k][1] for k in extras)
+    for value, shape in zip(values, shapes):
+      value.set_shape(shape)
+    out = {"image": values[0], "label": values[1], "id": tf.cast(index, tf.int64)}
+    out.update(zip(extras, values[2:]))
+    return out
 
   # The records are serialized tf.train.Examples (TFDS's array_record adapter); their
   # "image" feature holds the encoded bytes that SkipDecoding returns above.
   spec = builder.info.features.tf_example_spec
-  spec = {"image": spec["image"], "label": spec["label"]}
+  spec = {"image": spec["image"], label_key: spec[label_key]}
+  if "file_name" in extras:
+    spec["file_name"] = tf.io.FixedLenFeature((), tf.string, default_value=b"")
+  if "real_label" in extras:  # a variable-length list (TFDS's Sequence(ClassLabel))
+    spec["real_label"] = tf.io.VarLenFeature(tf.int64)
 
   # An unreadable record stands in as an empty image, which fails to decode downstream, so
   # the train pipeline drops that one example (ignore_errors), not its whole read batch.
   unreadable = tf.train.Example(features=tf.train.Features(feature={
       "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b""])),
-      "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[-1]))}))
+      label_key: tf.train.Feature(int64_list=tf.train.Int64List(value=[-1]))}))
   unreadable = unreadable.SerializeToString()
 
   def read_one(index):
@@ -289,11 +322,18 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
     records = tf.numpy_function(read_raw, [indices], tf.string, stateful=False)
     records.set_shape(indices.shape)
     parsed = tf.io.parse_example(records, spec)
-    return {"image": parsed["image"], "label": tf.cast(parsed["label"], tf.int64),
-            "id": tf.cast(indices, tf.int64)}
+    out = {"image": parsed["image"], "label": tf.cast(parsed[label_key], tf.int64),
+           "id": tf.cast(indices, tf.int64)}
+    if "file_name" in extras:
+      out["file_name"] = parsed["file_name"]
+    if "real_label" in extras:
+      out["real_label"] = tf.cast(tf.sparse.to_indicator(parsed["real_label"], num_classes),
+                                  tf.uint8)
+    return out
 
-  return Source(name, split, num_examples, label_feature.num_classes, channels, True, fetch,
-                tuple(label_feature.names), fetch_batch=fetch_batch, read_batch=READ_BATCH)
+  return Source(name, split, num_examples, num_classes, channels, True, fetch,
+                tuple(label_feature.names), fetch_batch=fetch_batch, read_batch=READ_BATCH,
+                extras=tuple(extras))
 
 
 # ---------------------------------------------------------------------------
@@ -317,8 +357,8 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
 
   def classes_of(s):
     path = os.path.join(root, s)
-    return sorted(d.rstrip("/") for d in gfile.listdir(path)
-                  if gfile.isdir(os.path.join(path, d)))
+    return class_order([d.rstrip("/") for d in gfile.listdir(path)
+                        if gfile.isdir(os.path.join(path, d))], path)
 
   class_names = classes_of("train" if "train" in splits else split)
   paths, labels = [], []
@@ -335,14 +375,40 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
   return paths, labels, class_names
 
 
-def _image_folder(root: str, split: str) -> Source:
+def class_order(names: list[str], where: str) -> list[str]:
+  """Class folder names in label order: sorted as strings, except when every name is an
+  integer (ImageNetV2's layout: folders ``0`` ... ``999`` named by class index), which are
+  ordered by number -- string order would put ``10`` before ``2`` and mislabel every image
+  -- and must then be exactly 0 ... N-1."""
+  if not names or not all(n.isdigit() for n in names):
+    return sorted(names)
+  numbers = sorted(int(n) for n in names)
+  if numbers != list(range(len(names))):
+    missing = sorted(set(range(max(numbers) + 1)) - set(numbers))
+    problem = (f"{len(missing)} missing, e.g. {', '.join(map(str, missing[:5]))}" if missing
+               else "some repeated, e.g. 1 and 01")
+    raise DatasetError(f"{where}: the class folders are integers but not 0..{len(names) - 1} "
+                       f"({problem}); integer folder names are read as class indices "
+                       "(ImageNetV2's layout), so they must run 0, 1, ..., N-1 with none missing")
+  return sorted(names, key=int)
+
+
+def _image_folder(root: str, split: str, extras: tuple[str, ...] = ()) -> Source:
   paths, labels, class_names = list_image_folder(root, split)
+  unknown = sorted(set(extras) - {"file_name"})
+  if unknown:
+    raise DatasetError(f"image folder {root} has no per-example {', '.join(unknown)} (for ReaL "
+                       "labels give the real.json file: evaluate --real_labels=PATH)")
   paths_t = tf.constant(paths)
   labels_t = tf.constant(labels, tf.int64)
+  names_t = tf.constant([os.path.basename(p) for p in paths])
 
   def fetch(index):
-    return {"image": tf.io.read_file(tf.gather(paths_t, index)),
-            "label": tf.gather(labels_t, index), "id": tf.cast(index, tf.int64)}
+    out = {"image": tf.io.read_file(tf.gather(paths_t, index)),
+           "label": tf.gather(labels_t, index), "id": tf.cast(index, tf.int64)}
+    if extras:
+      out["file_name"] = tf.gather(names_t, index)
+    return out
 
   return Source(f"imagefolder:{root}", split, len(paths), len(class_names), 3, True, fetch,
-                tuple(class_names), np.asarray(labels, np.int64))
+                tuple(class_names), np.asarray(labels, np.int64), extras=tuple(extras))
