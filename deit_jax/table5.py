@@ -82,7 +82,7 @@ def _print(row: dict) -> None:
   speed = row["throughput"]
   cli.say(f"{row['model']} ({row['checkpoint']}" + (f", step {row['step']}" if row["step"]
                                                    else "") + "): the paper's Table 5 columns")
-  cli.say(f"  params        {row['params'] / 1e6:.1f}M")
+  cli.say(f"  params        {row['params'] / 1e6:.2f}M")
   cli.say(f"  image size    {row['image_size']}")
   cli.say("  throughput    " + (
       f"{speed['images_per_sec']:.1f} images/s (batch {speed['batch_size']}, float32, "
