@@ -188,22 +188,28 @@ def test_batch_size_auto_sweep(capsys, monkeypatch):
     assert not result["timm_compiled"]
 
 
-def test_attn_impl_dot_product_and_timm_compile():
-  """--attn_impl dot_product is used and reported; --timm_compile runs timm's model under
-  torch.compile (on CPU that needs a C++ compiler: otherwise that part is skipped)."""
-  compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-  timm_compile = importlib.util.find_spec("timm") is not None and compiler
+def test_attn_impl_dot_product():
+  """--attn_impl dot_product is used and reported."""
   proc = _cli("--model", MODEL, "--batch_size", "4", "--mode", "infer", "--steps", "2",
               "--warmup", "1", "--json", "--peak_tflops", "0.1", "--attn_impl", "dot_product",
-              *TINY, *(["--vs_timm", "--timm_compile"] if timm_compile else []), timeout=400)
+              *TINY, timeout=400)
   result = _json(proc)
   assert result["attn_impl"] == "dot_product" and "attention dot_product" in proc.stdout
   assert result["images_per_sec"] > 0 and "sweep" not in result
-  if not timm_compile:
-    pytest.skip("--timm_compile untested: needs timm and a C++ compiler for torch.compile")
+
+
+@pytest.mark.slow  # torch.compile builds C++ for minutes; --vs_timm itself: test_cli_json_vs_timm
+def test_timm_compile():
+  """--timm_compile runs timm's model under torch.compile (on CPU that needs a C++
+  compiler); our JSON line is printed once more before timm runs, in case it never ends."""
+  if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+    pytest.skip("--timm_compile needs a C++ compiler for torch.compile on CPU")
+  proc = _cli("--model", MODEL, "--batch_size", "4", "--mode", "infer", "--steps", "2",
+              "--warmup", "1", "--json", "--peak_tflops", "0.1", *TINY, "--vs_timm",
+              "--timm_compile", timeout=900)
+  result = _json(proc)
   assert result["timm_compiled"] is True and result["timm_images_per_sec"] > 0
   assert result["timm_batch_size"] == 4 and "torch.compile" in proc.stdout
-  # Our JSON line is printed once more before timm runs, in case timm never finishes.
   first = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][0])
   assert "timm_images_per_sec" not in first and first["images_per_sec"] > 0
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,15 +67,21 @@ def test_distillation_setup_errors_are_one_line(fmnist_data_dir, tmp_path):
       "dataset": "fashion_mnist", "split": "test", "num_examples": 10000, "num_classes": 10,
       "storage": "topk", "k": 1, "views": 0, "teacher": {"name": "t"},
       "shards": [store.shard_name(0, 10000)]})
-  cases = [
-      ([f"--config.distill.teacher_logits={logits}"], "split: logits test vs run train"),
-      ([], "needs exactly one of distill.teacher_logits"),
-      (["--config.distill.type=none"], "would leave untrained"),
-  ]
-  for extra, message in cases:
-    out = _main(tmp_path / "run", fmnist_data_dir, *extra)
-    assert out.returncode == 2, (extra, out.stderr[-2000:])
-    lines = out.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and message in lines[-1], (extra, lines[-3:])
-    assert "Traceback" not in out.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step
+  # Through the command line once (the one-line error path), the other set-ups in-process.
+  out = _main(tmp_path / "run", fmnist_data_dir, f"--config.distill.teacher_logits={logits}")
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: ") and "split: logits test vs run train" in lines[-1]
+  assert "Traceback" not in out.stderr
+  from configs import fashion_mnist_deit_tiny_distilled
+  from deit_jax import main
+  from deit_jax.errors import UserError
+  for overrides, message in [({}, "needs exactly one of distill.teacher_logits"),
+                             ({"type": "none"}, "would leave untrained")]:
+    config = fashion_mnist_deit_tiny_distilled.get_config()
+    config.update(dict(data_dir=fmnist_data_dir, total_steps=8, batch_size=16))
+    config.model.update(dict(depth=1, embed_dim=32, num_heads=2))
+    config.distill.update(overrides)
+    with pytest.raises(UserError, match=message):
+      main.train(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any step

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 
@@ -29,6 +30,9 @@ def _run(process_count, data_dir, out):
   return json.loads(out.read_text())
 
 
+# Slow: 3 process start-ups. tests/test_elastic.py's two-process training equal to one
+# process (and the rehearsal) needs the same batches; this one says where they differ.
+@pytest.mark.slow
 def test_two_processes_build_the_same_global_batches(fmnist_data_dir, tmp_path):
   single = _run(1, fmnist_data_dir, tmp_path / "one.json")
   double = _run(2, fmnist_data_dir, tmp_path / "two.json")

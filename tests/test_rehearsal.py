@@ -1,0 +1,41 @@
+"""The pod rehearsal (launch/rehearse_pod.py) in its smaller form: every documented stage of
+the pod path on 2 processes x 2 CPU devices, with a smaller batch and teacher
+(the rehearsal proper: docs/launch.md, "Rehearse the pod path")."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_pod_path_rehearsal_smaller_form(tmp_path):
+  smaller = ["batch_size=16"]
+  command = [sys.executable, os.path.join(ROOT, "launch", "rehearse_pod.py"),
+             f"--work={tmp_path}", "--classes=2", "--per_class=8", "--val=4",
+             "--processes=2", "--devices=2", "--steps=2", "--grad_accum=2",
+             "--teacher=regnety_002", "--teacher_batch=8", "--signal_after=0",
+             *[f"--smaller={kv}" for kv in smaller]]
+  run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  out = run.stdout + run.stderr
+  assert run.returncode == 0, out[-4000:]
+  # SIGTERM reached process 1 only; both stopped at step 1 with one checkpoint, the same
+  # command resumed there and finished.
+  assert re.search(r"SIGTERM to process 1 after \d+ s: every process stopped at step 1, "
+                   r"one checkpoint", out), out[-3000:]
+  assert "(resumed at step 1, finished step 2)" in out
+  # The bucket holds the prepared dataset, the teacher's logits over the 16 training
+  # images, the run's checkpoints and the export.
+  bucket = tmp_path / "bucket"
+  manifest = json.loads((bucket / "teacher_logits" / "regnety160" / "manifest.json")
+                        .read_text())
+  assert (manifest["dataset"], manifest["split"], manifest["num_examples"]) == (
+      "imagenet2012", "train", 16)
+  assert json.loads((tmp_path / "evaluate.json").read_text())["num_examples"] == 4
+  assert (bucket / "export" / "deit_tiny.safetensors").stat().st_size > 0
+  assert re.search(r"total\s+\d+ s", out)
+  # Run again, it finds every stage done (an interrupted rehearsal continues).
+  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and again.stdout.count("already done") == 9, again.stdout
