@@ -26,19 +26,9 @@ except ImportError:
 SLOW = os.environ.get("DEIT_JAX_SLOW") == "1"
 
 
-# The modules that take minutes, longest first: run first, so that with two workers
-# (pytest -n 2 --dist loadscope hands out whole modules in this order) neither worker ends
-# alone on a long module while the other is idle.
-LONG_MODULES = ("test_rehearsal.py", "test_main.py", "test_chain.py", "test_elastic.py",
-                "test_teacher.py", "test_train_step.py", "test_pod_compile.py")
-
-
 def pytest_collection_modifyitems(config, items):
-  """Long modules first (LONG_MODULES); tests marked ``slow`` (minutes each, covered in the
-  suite by a cheaper sibling) run only with DEIT_JAX_SLOW=1:
-  ``DEIT_JAX_SLOW=1 .venv/bin/python -m pytest -n 2 -m slow``."""
-  rank = {name: i for i, name in enumerate(LONG_MODULES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+  """Tests marked ``slow`` (minutes each, covered in the suite by a cheaper sibling) run only
+  with DEIT_JAX_SLOW=1: ``DEIT_JAX_SLOW=1 .venv/bin/python -m pytest -m slow``."""
   if SLOW:
     return
   skip = pytest.mark.skip(reason="slow: DEIT_JAX_SLOW=1 pytest -m slow runs it")
