@@ -211,9 +211,6 @@ class TrainCheckpoints:
       differences.append(f"EMA weights: checkpoint {'with' if saved['ema'] else 'without'}, "
                          f"config.ema_decay={'0' if not meta.get('ema') else '> 0'}")
     if differences:
-      # Closed first: orbax's background threads, left running into interpreter shutdown,
-      # print "cannot schedule new futures after shutdown" after our one-line error.
-      self.close()
       raise CheckpointMismatchError(
           f"{self.directory} holds a checkpoint of another run ({'; '.join(differences)}); "
           "use another --workdir or the matching config (the checkpoint was left untouched)")

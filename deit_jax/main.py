@@ -97,9 +97,13 @@ def _train(config, workdir: str) -> dict:
     best = checkpoint.BestCheckpoint(workdir, config.best_metric)
   checkpoints = checkpoint.TrainCheckpoints(workdir, every_steps=config.checkpoint_every_steps,
                                             keep=config.keep_checkpoints)
-  state, start_step = builder.initial_state(checkpoints, meta, init, state_sharding,
-                                            model=model, init_from=config.init_from,
-                                            init_from_head=config.init_from_head, log=say)
+  try:
+    state, start_step = builder.initial_state(checkpoints, meta, init, state_sharding,
+                                              model=model, init_from=config.init_from,
+                                              init_from_head=config.init_from_head, log=say)
+  except BaseException:  # e.g. a foreign checkpoint: orbax's threads must not outlive it
+    checkpoints.close()
+    raise
   if start_step:
     say(f"resumed from {checkpoints.directory} at step {start_step}")
 
