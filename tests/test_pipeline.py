@@ -355,12 +355,19 @@ def test_an_unreadable_record_drops_only_itself(fmnist_data_dir, monkeypatch, ca
   assert f"record {bad} is unreadable (OSError: corrupt chunk)" in caplog.text
 
 
-def test_tfrecord_preparation_is_refused_for_random_access(tmp_path):
+def test_tfrecord_preparation_is_refused_for_random_access(fmnist_data_dir, tmp_path):
   from deit_jax.data import fashion_mnist
   fashion_mnist.builder(str(tmp_path), file_format="tfrecord")
   with pytest.raises(sources.DatasetError, match="array_record"):
     sources.open_source("fashion_mnist", "test", data_dir=str(tmp_path),
                         in_memory_limit_bytes=0)
+  # Held in memory, it is the same split as the array_record preparation's.
+  tfrecord = sources.open_source("fashion_mnist", "test", data_dir=str(tmp_path))
+  array_record = sources.open_source("fashion_mnist", "test", data_dir=fmnist_data_dir)
+  np.testing.assert_array_equal(tfrecord.labels, array_record.labels)
+  for index in (0, 4321, 9999):
+    np.testing.assert_array_equal(tfrecord.fetch(index)["image"],
+                                  array_record.fetch(index)["image"])
 
 
 def test_imagenet_without_manual_files_is_one_clear_error(tmp_path):
