@@ -39,7 +39,7 @@ def test_meshes_reproduce_single_device_training():
 def test_fsdp_shards_deit_base_state():
   sizes = _worker("memory")
   ratio = sizes["fsdp_bytes"] / sizes["replicated_bytes"]
-  print(f"deit_base_distilled params+opt state+EMA per device: replicated "
+  print(f"deit_base_distilled (2 blocks) params+opt state+EMA per device: replicated "
         f"{sizes['replicated_bytes'] / 2**20:.0f} MiB, FSDP over 8 "
         f"{sizes['fsdp_bytes'] / 2**20:.0f} MiB ({ratio:.3f}x)")
   assert ratio <= 0.15
