@@ -19,8 +19,9 @@ import pytest
 
 from test_main import ROOT, TINY, _losses
 
+# No evaluation (-1): the tests compare training losses and weights.
 COMMON = [*TINY, "--config.total_steps=20", "--config.checkpoint_every_steps=10",
-          "--config.log_every_steps=5", "--config.mesh.fsdp=2"]
+          "--config.log_every_steps=5", "--config.mesh.fsdp=2", "--config.eval_every_steps=-1"]
 
 
 def _tree_digest(directory):
@@ -115,9 +116,8 @@ def _child(pid: int, marker: str) -> int:
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step(fmnist_data_dir, straight, tmp_path):
-  # The straight run's command without its final evaluation, which leaves the weights alone.
-  workdir, quick = tmp_path / "run", "--config.eval_every_steps=-1"
-  proc = _two_processes(workdir, fmnist_data_dir, quick, stdout=subprocess.PIPE,
+  workdir = tmp_path / "run"  # the straight run's command
+  proc = _two_processes(workdir, fmnist_data_dir, stdout=subprocess.PIPE,
                         stderr=open(tmp_path / "stderr", "w"), start_new_session=True)
   hung = threading.Timer(300, os.killpg, (proc.pid, signal.SIGKILL))
   hung.start()
@@ -138,7 +138,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(fmnist_data_dir, straight
   expected = {stop} | ({10} if stop > 10 else set())
   assert 1 <= stop < 20 and {int(s) for s in os.listdir(workdir / "checkpoints")} == expected
 
-  proc = _two_processes(workdir, fmnist_data_dir, quick, stdout=subprocess.PIPE,
+  proc = _two_processes(workdir, fmnist_data_dir, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE)
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0 and f"at step {stop}" in out, err[-2000:]

@@ -259,7 +259,7 @@ def test_online_regnet_teacher_trains_fsdp_sharded(fmnist_data_dir, regnet_teach
                 "--config.mesh.fsdp=2", "--config.model.depth=1", "--config.model.embed_dim=32",
                 "--config.model.num_heads=2", "--config.batch_size=16",
                 "--config.total_steps=4", "--config.log_every_steps=2",
-                "--config.checkpoint_every_steps=0", "--config.eval_every_steps=0")
+                "--config.checkpoint_every_steps=0", "--config.eval_every_steps=-1")
   assert "'fsdp': 2" in stdout and "step 4/4" in stdout, stdout[-2000:]
 
 
