@@ -159,7 +159,7 @@ def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, straight, tmp
   # With a zero learning rate, fine-tuning from `source` must keep its weights exactly.
   _run(tmp_path / "finetune", fmnist_data_dir, f"--config.init_from={source}",
        "--config.total_steps=2", "--config.optimizer.lr=0", "--config.optimizer.warmup_lr=0",
-       "--config.optimizer.min_lr=0")
+       "--config.optimizer.min_lr=0", "--config.eval_every_steps=-1")
   _assert_bitwise_equal(_final_params(tmp_path / "finetune", step=2), _final_params(source))
 
   model, info = checkpoint.load_trained_model(source)
