@@ -1,22 +1,12 @@
 """Shared test set-up: fp32 parity needs XLA's highest matmul precision."""
 
-import atexit
 import importlib
 import os
-import shutil
-import tempfile
 
 # The tests compute on the CPU. With libtpu installed (the tpu extra), JAX would otherwise
 # try to open a TPU in every process and print libtpu's complaints on stderr, which tests
 # of one-line errors read (the TPU compile check compiles for TPUs without opening one).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-# One persistent XLA compilation cache per test session, shared by the pytest-xdist workers
-# and every process they start (they inherit the environment): dozens of trainer runs in the
-# suite compile the same small programs, and a resumed run compiles its first run's again.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="deit_jax_xla_cache_")
-  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import jax
 import pytest
