@@ -149,10 +149,11 @@ def test_online_teacher_gets_no_gradient_and_matches_precomputed(student):
   tdef = ts.ModelDef.of(teacher)
   _, tparams, trest = ts.split_model(teacher)
   tstate = (nnx.to_pure_dict(tparams), nnx.to_pure_dict(trest))
-  online = ts.make_train_step(ts.ModelDef.of(model), tx, lambda s: 1e-3, loss_config, None,
-                              ema_decay=0.0, teacher_def=tdef)
-  offline = ts.make_train_step(ts.ModelDef.of(model), tx, lambda s: 1e-3, loss_config, None,
-                               ema_decay=0.0)
+  # Jitted: eager dispatch of a whole train step (and its gradient) is minutes on CPU.
+  online = jax.jit(ts.make_train_step(ts.ModelDef.of(model), tx, lambda s: 1e-3, loss_config,
+                                      None, ema_decay=0.0, teacher_def=tdef))
+  offline = jax.jit(ts.make_train_step(ts.ModelDef.of(model), tx, lambda s: 1e-3, loss_config,
+                                       None, ema_decay=0.0))
   batch = {"image": images, "label": labels}
   _, m_online = online(state, batch, tstate)
   _, m_offline = offline(state, {**batch, "teacher_logits": teacher(images)})
