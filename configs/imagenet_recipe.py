@@ -33,6 +33,8 @@ fraction of its cost (docs/fidelity.md). Everything else follows the official co
 run: ``batch_groups``).
 """
 
+import ml_collections
+
 from configs import default
 
 # The official commands' GPUs (README_deit.md): DeiT-Ti/S on one node of 4 GPUs x 256
@@ -59,6 +61,9 @@ def recipe(size: str, variant: str, *, img_size: int = 224, epochs: float = 300,
   config = default.get_config()
   config.model.name = f"deit_{size}{'_distilled' if distilled else ''}_patch16_{img_size}"
   config.model.drop_path_rate = drop_path_rate
+  # None: the architecture's depth; a number only for a quick check of the whole recipe on
+  # a small machine (the test suite's pod rehearsal uses 1 block).
+  config.model.depth = ml_collections.config_dict.placeholder(int)
   config.aug.image_size = img_size
   # Evaluation resizes to int(img_size / 0.875) and centre-crops, at 384 too (438 -> 384):
   # the official datasets.py of the paper's release (int(256 / 224 * input_size)).

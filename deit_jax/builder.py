@@ -31,7 +31,9 @@ from deit_jax.models import create_model, resample_pos_embed
 
 
 def model_overrides(config) -> dict:
-  overrides = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  # None: the architecture's own value (a placeholder field, e.g. the recipe's depth)
+  overrides = {k: v for k, v in config.model.to_dict().items()
+               if k != "name" and v is not None}
   overrides["num_classes"] = config.num_classes
   return overrides
 

@@ -36,7 +36,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("process_id", None, "this process's index")
   flags.DEFINE_bool("multihost", False,
                     "jax.distributed.initialize() from the cluster environment (TPU pod, SLURM)")
-  flags.DEFINE_integer("cpu_devices", None, "simulate N CPU devices")
+  flags.DEFINE_integer("cpu_devices", None, "run on N simulated CPU devices (the CPU only)")
   flags.mark_flag_as_required("config")
 
 
@@ -51,7 +51,8 @@ def initialize_processes() -> None:
   """Joins the multi-process job the flags describe (``deit_jax.processes`` picks the
   arguments: all of a node's GPUs per process); a GPU process that ends up driving another
   number of GPUs than its node grants it stops with one line."""
-  if FLAGS.cpu_devices:
+  if FLAGS.cpu_devices:  # on the CPU only, even where libtpu or a GPU plugin is installed
+    jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
   with one_line_errors():
     kwargs = processes.distributed_kwargs(FLAGS.coordinator_address, FLAGS.num_processes,

@@ -13,8 +13,9 @@
 # installs the newest releases setup.cfg allows. PYTHON picks the interpreter (python3),
 # DEIT_JAX_VENV the environment (.venv); DEIT_JAX_LIST_DEVICES=0 skips listing the devices.
 #
-# Safe to re-run: every step is skipped when already done, and an environment installed
-# with other versions is brought to the pinned ones.
+# Safe to re-run: every step is skipped when already done (pip too, when nothing it would
+# install has changed), and an environment installed with other versions is brought to the
+# pinned ones.
 set -euo pipefail
 
 extras="${1:-}"
@@ -87,12 +88,32 @@ pip_quiet() {
   fi
   rm -f "$log"
 }
-pip_quiet install ${pin[@]+"${pin[@]}"} --upgrade pip
-target="$root"
-[[ -n "$extras" ]] && target="${root}[$extras]"
-say "installing deit_jax${extras:+[$extras]}${constraints:+ pinned by ${constraints#"$root"/}}" \
-    "(first run: a few minutes)"
-pip_quiet install ${pin[@]+"${pin[@]}"} -e "$target"
+# What the last successful install was made from: the pins, setup.cfg, the extras, the
+# checkout, the interpreter, and every installed distribution with its version (the
+# *.dist-info names). When all match, pip has nothing to do: it is skipped (pip would
+# spend ~40 s asking the package index to confirm that). Pinned installs only.
+stamp="$venv/.deit_jax_setup"
+fingerprint() {
+  {
+    printf '%s\n' "$extras" "$root"
+    "$venv/bin/python" --version 2>&1
+    cat "$constraints" "$root/setup.cfg" "$root/pyproject.toml"
+    find "$venv"/lib/python3*/site-packages -maxdepth 1 -name '*.dist-info' -printf '%f\n' |
+      sort
+  } | sha256sum | cut -d' ' -f1
+}
+if [[ -n "$constraints" && -f "$stamp" && "$(cat "$stamp")" == "$(fingerprint)" ]]; then
+  say "deit_jax${extras:+[$extras]} already installed as pinned (nothing changed since)"
+else
+  rm -f "$stamp"
+  pip_quiet install ${pin[@]+"${pin[@]}"} --upgrade pip
+  target="$root"
+  [[ -n "$extras" ]] && target="${root}[$extras]"
+  say "installing deit_jax${extras:+[$extras]}${constraints:+ pinned by" \
+      "${constraints#"$root"/}} (first run: a few minutes)"
+  pip_quiet install ${pin[@]+"${pin[@]}"} -e "$target"
+  if [[ -n "$constraints" ]]; then fingerprint > "$stamp"; fi
+fi
 devices="jax.devices()"
 [[ ${DEIT_JAX_LIST_DEVICES:-1} == 0 ]] && devices="'not listed'"
 "$venv/bin/python" -c "import deit_jax, jax; print('[setup] deit_jax', deit_jax.__version__, \

@@ -509,3 +509,37 @@ def test_reproduction_bad_inputs_are_one_line_errors(tmp_path):
   assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
   assert p.stderr.startswith(f"error: cannot write --figure={tmp_path / 'blocker' / 'fm.png'}:")
   assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_setup_skips_pip_only_when_nothing_changed(tmp_path):
+  """launch/setup.sh re-run: pip is skipped when the pins, extras and installed versions are
+  those of its last install, and runs again when one of them changed (a fake environment
+  whose python records what it is asked)."""
+  venv = tmp_path / "venv"
+  site = venv / "lib" / "python3.12" / "site-packages"
+  site.mkdir(parents=True)
+  (site / "jax-0.1.dist-info").mkdir()
+  calls = tmp_path / "calls"
+  (venv / "bin").mkdir()
+  (venv / "bin" / "python").write_text(
+      f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = --version ] && echo "Python 3.12.0"\nexit 0\n')
+  (venv / "bin" / "python").chmod(0o755)
+  env = _env(DEIT_JAX_VENV=str(venv), DEIT_JAX_LIST_DEVICES="0", PYTHON=sys.executable)
+
+  def pip_runs(extras=""):
+    calls.write_text("")
+    _run(ROOT / "launch" / "setup.sh", *([extras] if extras else []), env=env)
+    return sum(line.startswith("-m pip") for line in calls.read_text().splitlines())
+
+  if not pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+    pytest.skip("Debian's dataset-fashion-mnist is not installed (setup.sh would install it)")
+  assert pip_runs() == 2  # pip itself, then the package
+  assert pip_runs() == 0
+  assert pip_runs("tpu") == 2  # other extras
+  assert pip_runs("tpu") == 0
+  (site / "jax-0.1.dist-info").rename(site / "jax-0.2.dist-info")  # changed by hand
+  assert pip_runs("tpu") == 2
+  (venv / ".deit_jax_setup").write_text("an interrupted install\n")
+  assert pip_runs("tpu") == 2
+  env["DEIT_JAX_CONSTRAINTS"] = ""  # unpinned: always asks pip
+  assert pip_runs("tpu") == 2 and pip_runs("tpu") == 2

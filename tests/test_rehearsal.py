@@ -1,6 +1,6 @@
 """The pod rehearsal (launch/rehearse_pod.py) in its smaller form: every documented stage of
-the pod path on 2 processes x 2 CPU devices, with a smaller batch and teacher
-(the rehearsal proper: docs/launch.md, "Rehearse the pod path")."""
+the pod path on 2 processes x 2 CPU devices, with a smaller batch, student (1 block) and
+teacher (the rehearsal proper: docs/launch.md, "Rehearse the pod path")."""
 
 import json
 import os
@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_pod_path_rehearsal_smaller_form(tmp_path):
-  smaller = ["batch_size=16"]
+  smaller = ["batch_size=16", "model.depth=1"]  # DeiT-Ti's width, 1 of its 12 blocks
   command = [sys.executable, os.path.join(ROOT, "launch", "rehearse_pod.py"),
              f"--work={tmp_path}", "--classes=2", "--per_class=8", "--val=4",
              "--processes=2", "--devices=2", "--steps=2", "--grad_accum=2",
