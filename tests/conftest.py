@@ -1,5 +1,6 @@
 """Shared test set-up: fp32 parity needs XLA's highest matmul precision."""
 
+import fcntl
 import importlib
 import os
 
@@ -47,14 +48,22 @@ def require(module: str):
 
 @pytest.fixture(scope="session")
 def fmnist_data_dir(tmp_path_factory):
-  """A TFDS data dir with Fashion-MNIST prepared from Debian's files (once per session)."""
+  """A TFDS data dir with Fashion-MNIST prepared from Debian's files, once per session: the
+  pytest-xdist workers share it (the first prepares it, ~20 s, the others wait)."""
   from deit_jax.data import fashion_mnist
   if fashion_mnist.missing_files(fashion_mnist.DEFAULT_MANUAL_DIR) and \
       os.environ.get("CI", "").lower() != "true":
     pytest.skip("apt-get install dataset-fashion-mnist")
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  fashion_mnist.builder(data_dir)
-  return data_dir
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the session's folder, above each worker's own
+  data_dir = root / "tfds_fashion_mnist"
+  with open(root / "tfds_fashion_mnist.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not (data_dir / "prepared").exists():
+      fashion_mnist.builder(str(data_dir))
+      (data_dir / "prepared").write_text("")
+  return str(data_dir)
 
 
 def image_folder(root) -> str:
