@@ -1,7 +1,8 @@
 """The README's main job in miniature: teacher -> logits -> distilled student -> evaluation
 (every CLI involved, as subprocesses) on an image-folder dataset -- nothing in the chain is
-tied to Fashion-MNIST -- then a re-run that reuses what is done, and the distillation
-set-up errors a user can hit."""
+tied to Fashion-MNIST -- and the distillation set-up errors a user can hit. A re-run
+reuses what is done through its commands' own checks (a finished run: tests/test_main.py;
+finished logit shards: tests/test_teacher.py), not through anything of the chain's."""
 
 import json
 import os
@@ -28,7 +29,7 @@ def _chain(workdir, dataset, *extra):
   return out.stdout
 
 
-def test_chain_end_to_end_and_rerun_reuses(tmp_path):
+def test_chain_end_to_end(tmp_path):
   work, dataset = tmp_path / "chain", image_folder(tmp_path / "images")
   first = _chain(work, dataset)
   student = json.loads((work / "results" / "student.json").read_text())
@@ -43,10 +44,6 @@ def test_chain_end_to_end_and_rerun_reuses(tmp_path):
   manifest = json.loads((work / "teacher_logits" / "train" / "manifest.json").read_text())
   assert manifest["teacher"]["name"] == "cifar_resnet8" and manifest["k"] == 3
   assert manifest["num_examples"] == 48 and manifest["teacher"]["step"] == 12
-
-  second = _chain(work, dataset)
-  assert second.count("nothing to do") == 2 and second.count("reusing") == 2
-  assert json.loads((work / "results" / "student.json").read_text())["top1"] == student["top1"]
 
 
 def _main(workdir, data_dir, *extra):

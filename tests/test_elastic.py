@@ -4,7 +4,6 @@ step-10 checkpoint continues on another layout (1 process, 4 devices, fsdp 4) wi
 uninterrupted run's losses; a layout that cannot split the batch is one line. A SIGTERM to
 one of the two processes stops both at one step, and the run resumes to its parameters."""
 
-import hashlib
 import os
 import shutil
 import signal
@@ -17,21 +16,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from test_main import ROOT, TINY, _losses
+from test_main import ROOT, TINY, _losses, _tree_digest
 
 # No evaluation (-1): the tests compare training losses and weights.
 COMMON = [*TINY, "--config.total_steps=20", "--config.checkpoint_every_steps=10",
           "--config.log_every_steps=5", "--config.mesh.fsdp=2", "--config.eval_every_steps=-1"]
-
-
-def _tree_digest(directory):
-  digest = hashlib.sha256()
-  for root, _, files in sorted(os.walk(directory)):
-    for name in sorted(files):
-      path = os.path.join(root, name)
-      digest.update(path[len(str(directory)):].encode())
-      digest.update(open(path, "rb").read())
-  return digest.hexdigest()
 
 
 def _main(workdir, data_dir, *extra):

@@ -6,6 +6,7 @@ from) run ``main.train`` in this process: the one-line form of its errors is che
 
 import ast
 import functools
+import hashlib
 import os
 import re
 import signal
@@ -47,16 +48,29 @@ def _train_in_process(workdir, data_dir, *extra):
   for flag in (f"--config.data_dir={data_dir}", *TINY, *extra):
     key, value = flag.removeprefix("--config.").split("=", 1)
     *path, leaf = key.split(".")
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):  # a path
-      pass
-    setattr(functools.reduce(getattr, path, config), leaf, value)
+    node = functools.reduce(getattr, path, config)
+    if not isinstance(getattr(node, leaf), str):  # as config_flags parses: by the field's type
+      try:
+        value = ast.literal_eval(value)
+      except (ValueError, SyntaxError):  # a path for a placeholder field
+        pass
+    setattr(node, leaf, value)
   handler = signal.getsignal(signal.SIGTERM)  # the trainer's own, for its preemption notice
   try:
     return main.train(config, str(workdir))
   finally:
     signal.signal(signal.SIGTERM, handler)
+
+
+def _tree_digest(directory):
+  """One hash of every file's relative path and bytes below ``directory``."""
+  digest = hashlib.sha256()
+  for root, _, files in sorted(os.walk(directory)):
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      digest.update(path[len(str(directory)):].encode())
+      digest.update(open(path, "rb").read())
+  return digest.hexdigest()
 
 
 def _final_params(workdir, step=40):
@@ -148,6 +162,17 @@ def test_foreign_checkpoint_is_refused_and_kept(fmnist_data_dir, straight, chang
   assert sorted(os.listdir(workdir / "checkpoints")) == before
 
 
+def test_finished_run_has_nothing_to_do(fmnist_data_dir, straight, capsys):
+  """The same command again (as the chain's re-run does): no step, no evaluation, no new
+  checkpoint."""
+  before = _tree_digest(straight / "checkpoints")
+  assert _train_in_process(straight, fmnist_data_dir, *STRAIGHT) == {}
+  out = capsys.readouterr().out
+  assert f"{straight} already holds the final step 40 of 40; nothing to do" in out, out
+  assert "resumed from" in out and "step 40/40" not in out
+  assert _tree_digest(straight / "checkpoints") == before
+
+
 def test_mistyped_config_key_is_named(fmnist_data_dir, tmp_path):
   out = _run(tmp_path / "run", fmnist_data_dir, "--config.bach_size=3", check=False)
   assert out.returncode != 0
@@ -181,9 +206,10 @@ def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, straight, tmp
   from deit_jax import checkpoint
   source = straight
   # With a zero learning rate, fine-tuning from `source` must keep its weights exactly.
-  _run(tmp_path / "finetune", fmnist_data_dir, f"--config.init_from={source}",
-       "--config.total_steps=2", "--config.optimizer.lr=0", "--config.optimizer.warmup_lr=0",
-       "--config.optimizer.min_lr=0", "--config.eval_every_steps=-1")
+  _train_in_process(tmp_path / "finetune", fmnist_data_dir, f"--config.init_from={source}",
+                    "--config.total_steps=2", "--config.optimizer.lr=0",
+                    "--config.optimizer.warmup_lr=0", "--config.optimizer.min_lr=0",
+                    "--config.eval_every_steps=-1")
   _assert_bitwise_equal(_final_params(tmp_path / "finetune", step=2), _final_params(source))
 
   model, info = checkpoint.load_trained_model(source)
@@ -204,7 +230,7 @@ def test_init_from_and_evaluate_a_model_directory(fmnist_data_dir, straight, tmp
   assert abs(result["loss"] - trained["eval_loss"]) < 1e-4
 
 
-def test_finetune_to_new_classes_and_resolution(fmnist_data_dir, tmp_path):
+def test_finetune_to_new_classes_and_resolution(fmnist_data_dir, tmp_path, capsys):
   """A distilled 10-class 28px model fine-tuned on 3 classes at 32px (with a 3-class
   online teacher): both heads re-initialised, pos_embed resampled, every other weight
   taken as it is (lr 0)."""
@@ -220,17 +246,17 @@ def test_finetune_to_new_classes_and_resolution(fmnist_data_dir, tmp_path):
   checkpoint.save_model(tmp_path / "teacher", create_model(teacher, num_classes=3, img_size=32,
                                                            **small),
                         name=teacher, overrides=dict(num_classes=3, img_size=32, **small))
-  out = _run(tmp_path / "downstream", fmnist_data_dir, f"--config.model.name={name}",
-             f"--config.init_from={tmp_path / 'upstream'}", "--config.subset.classes=5,6,7",
-             "--config.subset.per_class=20", "--config.num_classes=3",
-             "--config.model.img_size=32", "--config.aug.image_size=32",
-             "--config.aug.crop=rrc", "--config.distill.type=hard",
-             f"--config.distill.teacher={tmp_path / 'teacher'}", "--config.total_steps=2",
-             "--config.optimizer.lr=0", "--config.optimizer.warmup_lr=0",
-             "--config.optimizer.min_lr=0", "--config.eval_every_steps=-1")
+  _train_in_process(
+      tmp_path / "downstream", fmnist_data_dir, f"--config.model.name={name}",
+      f"--config.init_from={tmp_path / 'upstream'}", "--config.subset.classes=5,6,7",
+      "--config.subset.per_class=20", "--config.num_classes=3", "--config.model.img_size=32",
+      "--config.aug.image_size=32", "--config.aug.crop=rrc", "--config.distill.type=hard",
+      f"--config.distill.teacher={tmp_path / 'teacher'}", "--config.total_steps=2",
+      "--config.optimizer.lr=0", "--config.optimizer.warmup_lr=0",
+      "--config.optimizer.min_lr=0", "--config.eval_every_steps=-1")
   assert ("re-initialised ['head']['bias'], ['head']['kernel'], ['head_dist']['bias'], "
           "['head_dist']['kernel'] (checkpoint predicts 10 classes, this run 3); position "
-          "embedding resampled 51 -> 66 tokens") in out.stdout, out.stdout
+          "embedding resampled 51 -> 66 tokens") in (out := capsys.readouterr().out), out
   tuned = _final_params(tmp_path / "downstream", step=2)
   source = nnx.to_pure_dict(nnx.state(upstream, nnx.Param))
   assert tuned["head"]["kernel"].shape == tuned["head_dist"]["kernel"].shape == (32, 3)
