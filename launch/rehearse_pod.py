@@ -4,16 +4,17 @@
         --work=/tmp/rehearsal
 
 Runs every documented step of a v4-32 run as written, with local stand-ins for what only a
-pod has: a miniature ILSVRC2012 in the official tar layout (JPEGs cut from real sample
-photographs) -> ``python -m deit_jax.data.prepare`` into a directory standing for the
-bucket -> RegNetY-16GF teacher weights converted and its logits precomputed on several
-processes -> ``configs/deit_tiny.py`` as shipped (global batch 1024, batch_groups, repeated
-augmentation, hard distillation) on ``--processes`` local processes with ``--devices``
-CPU devices each (4 x 4 = the 16 chips of a v4-32 on its 4 hosts) -> SIGTERM to one
-process: every process stops at the same step with one checkpoint -> the same command
-again resumes and finishes -> ``evaluate`` -> ``export``. Only the data location, the step
-count and gradient accumulation (the same maths in micro-batches, to fit this machine's
-memory) differ from the documented commands. The teacher's weights are random (the
+pod has: the check that the config fits the slice (``deit_jax.bench.pod_compile``, real TPU
+programs compiled by libtpu on this CPU) -> a miniature ILSVRC2012 in the official tar
+layout (JPEGs cut from real sample photographs) -> ``python -m deit_jax.data.prepare`` into
+a directory standing for the bucket -> RegNetY-16GF teacher weights converted and its logits
+precomputed on several processes -> ``configs/deit_tiny.py`` as shipped (global batch 1024,
+batch_groups, repeated augmentation, hard distillation) on ``--processes`` local processes
+with ``--devices`` CPU devices each (4 x 4 = the 16 chips of a v4-32 on its 4 hosts) ->
+SIGTERM to one process: every process stops at the same step with one checkpoint -> the same
+command again resumes and finishes -> ``evaluate`` -> ``export``. Only the data location,
+the step count and gradient accumulation (the same maths in micro-batches, to fit this
+machine's memory) differ from the documented commands. The teacher's weights are random (the
 official file cannot be downloaded here), saved in the official file's layout.
 
 Each stage's wall-clock is printed at the end; a stage whose output exists is skipped, so an
@@ -57,6 +58,10 @@ def _args(argv=None):
   p.add_argument("--teacher_config", default="configs/regnety_160_teacher.py")
   p.add_argument("--teacher", default="regnety_160", help="timm teacher architecture")
   p.add_argument("--teacher_batch", type=int, default=64, help="precompute --batch_size")
+  p.add_argument("--fit_check", action=argparse.BooleanOptionalAction, default=True,
+                 help="stage 0, pod_compile of the config for --topology (needs the tpu "
+                 "extra; the test suite's smaller form leaves it to tests/test_pod_compile.py)")
+  p.add_argument("--topology", default="v4-32", help="the slice the processes stand for")
   p.add_argument("--smaller", action="append", default=[], metavar="KEY=VALUE",
                  help="extra --config.KEY=VALUE of the student (the test suite's smaller "
                  "form only: the rehearsal proper adds none)")
@@ -237,6 +242,10 @@ class Rehearsal:
     a = self.args
     manual = os.path.join(self.work, "manual")
     py = sys.executable
+    fit = os.path.join(self.work, "fit.json")
+    if a.fit_check:
+      self.stage(f"0 the config fits a {a.topology}", os.path.exists(fit),
+                 lambda: self._fit_check(fit))
     self.stage("1 miniature ILSVRC2012 tars", os.path.exists(
         os.path.join(manual, "ILSVRC2012_img_val.tar")),
         lambda: make_ilsvrc(manual, a.classes, a.per_class, a.val))
@@ -272,6 +281,24 @@ class Rehearsal:
     for name, seconds, note in self.times:
       print(f"  {name:<44} {seconds:7.0f} s  {note}")
     print(f"  {'total':<44} {total:7.0f} s")
+
+  def _fit_check(self, report: str) -> str:
+    """docs/launch.md's check before renting a slice: the train step compiled for it."""
+    a = self.args
+    text = self.run("fit_check", [sys.executable, "-m", "deit_jax.bench.pod_compile",
+                                  f"--config={a.config}", f"--topology={a.topology}",
+                                  "--search=false", "--steps=train", "--json",
+                                  *[f"--config.{kv}" for kv in a.smaller]])
+    result = [line for line in text.splitlines() if line.startswith('{"')][-1]  # --json's
+    train = json.loads(result)["steps"]["train"]
+    if not train["fits"]:
+      sys.exit(f"[rehearsal] FAILED: {a.config} does not fit a {a.topology}: "
+               f"{train.get('error') or train['memory_bytes']}")
+    with open(report, "w") as f:
+      json.dump(train, f)
+    return (f"(train step: {train['memory_bytes']['total'] / 2 ** 30:.1f} of "
+            f"{train['capacity_bytes'] / 2 ** 30:.0f} GiB per chip, compiled in "
+            f"{train['compile_s']:.0f} s)")
 
   def _evaluate(self, report: str) -> str:
     a = self.args
