@@ -27,9 +27,26 @@ except ImportError:
 SLOW = os.environ.get("DEIT_JAX_SLOW") == "1"
 
 
+# The modules that take longest (minutes of subprocesses each), longest first. Under
+# `pytest -n 2 --dist loadscope` a worker takes whole modules in collection order (xdist's
+# own order, most tests first, started the 4-minute rehearsal last: the other worker then
+# idled for minutes); these first, the rest after, is how both workers finish together.
+LONGEST_FIRST = ("test_rehearsal", "test_elastic", "test_main", "test_teacher", "test_chain",
+                 "test_train_step", "test_pod_compile", "test_export", "test_benchmark",
+                 "test_configs")
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the collection order
+    config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
-  """Tests marked ``slow`` (minutes each, covered in the suite by a cheaper sibling) run only
-  with DEIT_JAX_SLOW=1: ``DEIT_JAX_SLOW=1 .venv/bin/python -m pytest -m slow``."""
+  """The longest modules first (LONGEST_FIRST). Tests marked ``slow`` (minutes each,
+  covered in the suite by a cheaper sibling) run only with DEIT_JAX_SLOW=1:
+  ``DEIT_JAX_SLOW=1 .venv/bin/python -m pytest -m slow``."""
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order kept
   if SLOW:
     return
   skip = pytest.mark.skip(reason="slow: DEIT_JAX_SLOW=1 pytest -m slow runs it")
