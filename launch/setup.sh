@@ -109,8 +109,8 @@ else
   pip_quiet install ${pin[@]+"${pin[@]}"} --upgrade pip
   target="$root"
   [[ -n "$extras" ]] && target="${root}[$extras]"
-  say "installing deit_jax${extras:+[$extras]}${constraints:+ pinned by" \
-      "${constraints#"$root"/}} (first run: a few minutes)"
+  pinned="${constraints:+ pinned by ${constraints#"$root"/}}"
+  say "installing deit_jax${extras:+[$extras]}$pinned (first run: a few minutes)"
   pip_quiet install ${pin[@]+"${pin[@]}"} -e "$target"
   if [[ -n "$constraints" ]]; then fingerprint > "$stamp"; fi
 fi

@@ -526,15 +526,21 @@ def test_setup_skips_pip_only_when_nothing_changed(tmp_path):
   (venv / "bin" / "python").chmod(0o755)
   env = _env(DEIT_JAX_VENV=str(venv), DEIT_JAX_LIST_DEVICES="0", PYTHON=sys.executable)
 
+  said = []
+
   def pip_runs(extras=""):
     calls.write_text("")
-    _run(ROOT / "launch" / "setup.sh", *([extras] if extras else []), env=env)
+    said.append(_run(ROOT / "launch" / "setup.sh", *([extras] if extras else []),
+                     env=env).stdout)
     return sum(line.startswith("-m pip") for line in calls.read_text().splitlines())
 
   if not pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
     pytest.skip("Debian's dataset-fashion-mnist is not installed (setup.sh would install it)")
   assert pip_runs() == 2  # pip itself, then the package
+  assert ("[setup] installing deit_jax pinned by launch/constraints.txt (first run: a few "
+          "minutes)") in said[-1]
   assert pip_runs() == 0
+  assert "[setup] deit_jax already installed as pinned (nothing changed since)" in said[-1]
   assert pip_runs("tpu") == 2  # other extras
   assert pip_runs("tpu") == 0
   (site / "jax-0.1.dist-info").rename(site / "jax-0.2.dist-info")  # changed by hand
