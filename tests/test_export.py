@@ -1,9 +1,6 @@
 """Export to timm: our checkpoints load into timm with strict=True and give our logits."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +16,6 @@ torch = require("torch")
 timm = require("timm")
 safetensors_numpy = require("safetensors.numpy")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY_ATOL = 1e-4
 SMALL = dict(embed_dim=32, depth=2, num_heads=2, num_classes=7)
 
@@ -106,12 +102,9 @@ def test_training_checkpoint_exports_raw_and_ema_weights(tmp_path):
   _assert_timm_matches(ema_model, name, kwargs, tmp_path / "ema.pth")
 
 
-def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "deit_jax.export", *map(str, args)], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
-
-
-def test_cli_fashion_mnist_model_and_refusals(tmp_path):
+def test_cli_fashion_mnist_model_and_refusals(tmp_path, capsys):
+  """``export.main`` as ``python -m deit_jax.export`` calls it (in this process: a process
+  start costs ~8 s; tests/test_rehearsal.py runs the command itself)."""
   # The Fashion-MNIST DeiT (28x28 grayscale, patch 4) is a timm ViT given keyword arguments.
   name = "deit_tiny_patch16_224"
   overrides = dict(img_size=28, patch_size=4, in_chans=1, embed_dim=96, depth=2, num_heads=3,
@@ -119,10 +112,10 @@ def test_cli_fashion_mnist_model_and_refusals(tmp_path):
   model = _perturbed(name, **overrides)
   checkpoint.save_model(tmp_path / "fmnist", model, name=name, overrides=overrides)
   out = tmp_path / "fmnist.safetensors"
-  result = _cli(tmp_path / "fmnist", f"--out={out}")
-  assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+  code, said = export.main([str(tmp_path / "fmnist"), f"--out={out}"]), capsys.readouterr()
+  assert code == 0, said.err[-2000:]
   assert ("timm.create_model('deit_tiny_patch16_224', num_classes=10, img_size=28, "
-          "patch_size=4, in_chans=1, embed_dim=96, depth=2)") in result.stdout
+          "patch_size=4, in_chans=1, embed_dim=96, depth=2)") in said.out
   from safetensors import safe_open
   with safe_open(str(out), framework="numpy") as f:
     kwargs = json.loads(f.metadata()["timm_kwargs"])
@@ -133,10 +126,9 @@ def test_cli_fashion_mnist_model_and_refusals(tmp_path):
   checkpoint.save_model(tmp_path / "resnet", resnet, name="cifar_resnet8",
                         overrides={"num_classes": 10})
   bad = tmp_path / "resnet.pth"
-  result = _cli(tmp_path / "resnet", f"--out={bad}")
-  assert result.returncode == 2 and "Traceback" not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith("error:")
-  assert "no timm counterpart" in result.stderr and not bad.exists()
+  code, said = export.main([str(tmp_path / "resnet"), f"--out={bad}"]), capsys.readouterr()
+  assert code == 2 and said.err.startswith("error:") and len(said.err.splitlines()) == 1
+  assert "no timm counterpart" in said.err and not bad.exists()
 
   # An existing output is not overwritten; a model directory has no EMA.
   with pytest.raises(FileExistsError, match="already exists"):
