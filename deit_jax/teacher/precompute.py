@@ -123,6 +123,8 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
       "shards": [store.shard_name(*c) for c in chunks],
       "images_per_sec": images_done / max(time.time() - start, 1e-9) if todo else None,
   }
+  if not todo and store.MANIFEST in done:  # a re-run with nothing to do keeps the measured rate
+    manifest["images_per_sec"] = store.read_manifest(out_dir).get("images_per_sec")
   if pid == 0:
     store.write_manifest(out_dir, manifest)
   if nproc > 1:  # every process reads the store back once the manifest is there
