@@ -128,6 +128,19 @@ def test_crop_consistent_views_replay_exactly(fmnist_data_dir, tmp_path, in_memo
                                rtol=1e-3)
   assert set(chosen) == {0, 1, 2}
 
+  # A run whose crop geometry differs from the views' is refused in one line before any step.
+  import dataclasses
+  import ml_collections
+  from deit_jax import config_glue
+  from deit_jax.errors import UserError
+  distill = ml_collections.ConfigDict({"type": "soft", "teacher_logits": str(tmp_path),
+                                       "teacher": ""})
+  run = ml_collections.ConfigDict({"distill": distill})
+  from deit_jax.teacher.feed import PrecomputedTeacher
+  assert isinstance(config_glue.make_teacher(run, source, config, None), PrecomputedTeacher)
+  with pytest.raises(UserError, match=r"another crop geometry \(pad: logits 2 vs run 4\)"):
+    config_glue.make_teacher(run, source, dataclasses.replace(config, pad=4), None)
+
 
 def _tiny_setup(distill="hard", student="deit_tiny_distilled_patch16_224"):
   model = create_model(student, img_size=16, patch_size=8,
@@ -297,4 +310,5 @@ def test_regnet_precompute_is_sharded_and_resumable(tmp_path):
                         teacher={"name": "here"}, batch_size=4, shard_size=12,
                         log=lambda _: None)
   assert rate > 0 and again["images_per_sec"] == rate
+  assert set(again["transform"]) == set(pc.EVAL_FIELDS)  # the eval transform's own fields
   assert st.read_manifest(str(tmp_path / "here"))["images_per_sec"] == rate

@@ -73,6 +73,10 @@ def _chunk_dataset(source: Source, augment: pipeline.AugmentConfig, first: int, 
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+# What the eval transform (views=0) reads of the augment config: its manifest records only these.
+EVAL_FIELDS = ("image_size", "crop", "crop_pct", "mean", "std", "in_chans")
+
+
 def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentConfig,
                out_dir: str, *, teacher: dict, storage: str = "full", k: int = 10,
                views: int = 0, view_seed: int = 0, batch_size: int = 256,
@@ -119,7 +123,7 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
       "k": min(k, source.num_classes) if storage == "topk" else None,
       "views": views, "view_seed": view_seed if views else None,
       "transform": {key: (list(v) if isinstance(v, tuple) else v)
-                    for key, v in vars(augment).items()},
+                    for key, v in vars(augment).items() if views or key in EVAL_FIELDS},
       "shards": [store.shard_name(*c) for c in chunks],
       "images_per_sec": images_done / max(time.time() - start, 1e-9) if todo else None,
   }
