@@ -4,8 +4,6 @@ foreign checkpoint refused untouched, a non-finite loss, another architecture to
 from) run ``main.train`` in this process: the one-line form of its errors is checked above
 (mistyped key, missing config) and a process start costs ~8 s."""
 
-import ast
-import functools
 import hashlib
 import os
 import re
@@ -41,23 +39,21 @@ def _run(workdir, data_dir, *extra, check=True):
 
 
 def _train_in_process(workdir, data_dir, *extra):
-  """``main.train`` on the config the command line would build (TINY + ``extra``)."""
-  from configs import fashion_mnist_deit_tiny
+  """``main.train`` on the config the command line builds (TINY + ``extra``), parsed by
+  ml_collections' config_flags as the CLI parses it, into flags of this call's own."""
+  from absl import flags
+  from ml_collections import config_flags
+
   from deit_jax import main
-  config = fashion_mnist_deit_tiny.get_config()
-  for flag in (f"--config.data_dir={data_dir}", *TINY, *extra):
-    key, value = flag.removeprefix("--config.").split("=", 1)
-    *path, leaf = key.split(".")
-    node = functools.reduce(getattr, path, config)
-    if not isinstance(getattr(node, leaf), str):  # as config_flags parses: by the field's type
-      try:
-        value = ast.literal_eval(value)
-      except (ValueError, SyntaxError):  # a path for a placeholder field
-        pass
-    setattr(node, leaf, value)
+  argv = ["test", f"--config={ROOT}/configs/fashion_mnist_deit_tiny.py",
+          f"--config.data_dir={data_dir}", *TINY, *extra]
+  values = flags.FlagValues()  # the overrides' flags are defined from argv, as the CLI's are
+  config_flags.DEFINE_config_file("config", None, "config file", lock_config=True,
+                                  flag_values=values, sys_argv=argv)
+  values(argv)
   handler = signal.getsignal(signal.SIGTERM)  # the trainer's own, for its preemption notice
   try:
-    return main.train(config, str(workdir))
+    return main.train(values.config, str(workdir))
   finally:
     signal.signal(signal.SIGTERM, handler)
 

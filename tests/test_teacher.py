@@ -310,5 +310,5 @@ def test_regnet_precompute_is_sharded_and_resumable(tmp_path):
                         teacher={"name": "here"}, batch_size=4, shard_size=12,
                         log=lambda _: None)
   assert rate > 0 and again["images_per_sec"] == rate
-  assert set(again["transform"]) == set(pc.EVAL_FIELDS)  # the eval transform's own fields
+  assert set(again["transform"]) == set(pipeline.EVAL_FIELDS)  # the eval transform's own fields
   assert st.read_manifest(str(tmp_path / "here"))["images_per_sec"] == rate

@@ -214,6 +214,11 @@ def train_transform(example, seed, source: Source, config: AugmentConfig, views=
   return photometric_transform(image, seeds, config), choice
 
 
+# The fields of AugmentConfig that eval_transform reads (a teacher-logits manifest of the
+# eval transform records only these).
+EVAL_FIELDS = ("image_size", "crop", "crop_pct", "mean", "std", "in_chans")
+
+
 def eval_transform(example, source: Source, config: AugmentConfig):
   image = _decode_full(example["image"], source)
   size = config.image_size

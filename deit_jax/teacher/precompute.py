@@ -73,10 +73,6 @@ def _chunk_dataset(source: Source, augment: pipeline.AugmentConfig, first: int, 
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-# What the eval transform (views=0) reads of the augment config: its manifest records only these.
-EVAL_FIELDS = ("image_size", "crop", "crop_pct", "mean", "std", "in_chans")
-
-
 def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentConfig,
                out_dir: str, *, teacher: dict, storage: str = "full", k: int = 10,
                views: int = 0, view_seed: int = 0, batch_size: int = 256,
@@ -117,18 +113,18 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
     log(f"ids [{first}, {end}) done: {images_done}/{total} images, {rate:.0f} img/s")
   if nproc > 1:
     multihost_utils.sync_global_devices("deit_jax.teacher.precompute")
+  if not todo:  # nothing computed here: the rate measured by the run that did, if any
+    rate = store.read_manifest(out_dir).get("images_per_sec") if store.MANIFEST in done else None
   manifest = {
       "teacher": teacher, "dataset": source.name, "split": source.split, "num_examples": n,
       "num_classes": source.num_classes, "storage": storage,
       "k": min(k, source.num_classes) if storage == "topk" else None,
       "views": views, "view_seed": view_seed if views else None,
       "transform": {key: (list(v) if isinstance(v, tuple) else v)
-                    for key, v in vars(augment).items() if views or key in EVAL_FIELDS},
+                    for key, v in vars(augment).items() if views or key in pipeline.EVAL_FIELDS},
       "shards": [store.shard_name(*c) for c in chunks],
-      "images_per_sec": images_done / max(time.time() - start, 1e-9) if todo else None,
+      "images_per_sec": rate,
   }
-  if not todo and store.MANIFEST in done:  # a re-run with nothing to do keeps the measured rate
-    manifest["images_per_sec"] = store.read_manifest(out_dir).get("images_per_sec")
   if pid == 0:
     store.write_manifest(out_dir, manifest)
   if nproc > 1:  # every process reads the store back once the manifest is there
