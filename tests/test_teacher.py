@@ -1,22 +1,27 @@
 """Teacher logits: stores round-trip, join by id, validation, crop-consistent replay, the
 online teacher, the CNN teacher."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
+from deit_jax import config_glue
 from deit_jax import train_step as ts
 from deit_jax.data import pipeline, sources
+from deit_jax.errors import UserError
 from deit_jax.models import create_model
 from deit_jax.teacher import precompute as pc
 from deit_jax.teacher import store as st
+from deit_jax.teacher.feed import PrecomputedTeacher
 
 
 def _logits_of(ids, num_classes=10):
@@ -129,14 +134,9 @@ def test_crop_consistent_views_replay_exactly(fmnist_data_dir, tmp_path, in_memo
   assert set(chosen) == {0, 1, 2}
 
   # A run whose crop geometry differs from the views' is refused in one line before any step.
-  import dataclasses
-  import ml_collections
-  from deit_jax import config_glue
-  from deit_jax.errors import UserError
   distill = ml_collections.ConfigDict({"type": "soft", "teacher_logits": str(tmp_path),
                                        "teacher": ""})
   run = ml_collections.ConfigDict({"distill": distill})
-  from deit_jax.teacher.feed import PrecomputedTeacher
   assert isinstance(config_glue.make_teacher(run, source, config, None), PrecomputedTeacher)
   with pytest.raises(UserError, match=r"another crop geometry \(pad: logits 2 vs run 4\)"):
     config_glue.make_teacher(run, source, dataclasses.replace(config, pad=4), None)
