@@ -7,10 +7,15 @@ A path is a string. A local one uses the operating system (``os``, ``shutil``); 
 of TensorFlow. orbax takes an ``etils.epath.Path`` (``orbax_path``), which itself uses the
 operating system for local paths and ``tf.io.gfile`` for ``gs://``.
 
-Whole-file writes are atomic: a temporary name, then a rename. ``AppendLog`` flushes every
-line; TensorFlow's GCS filesystem uploads the file on each flush (its writable file keeps
-a local copy and ``Flush`` calls ``Sync``, tensorflow/tsl ``gcs_file_system.cc``), so a
-log on ``gs://`` is current up to its last line even when the VM is killed.
+Whole-file writes are atomic: a temporary name, then a rename. ``AppendLog`` writes a local
+log line by line, flushed. A ``gs://`` object cannot be appended to: TensorFlow's GCS
+filesystem uploads the whole file on every flush (its writable file keeps a local copy and
+``Flush`` calls ``Sync``, tensorflow/tsl ``gcs_file_system.cc``), and GCS answers a second
+write to one object within about a second with 429, which TF retries with backoff: a
+flush per line cost a step ~3 s at one line per step (docs/launch.md). So on ``scheme://``
+paths ``AppendLog`` hands lines to a background thread that uploads the log at most every
+``REMOTE_INTERVAL_S``: a line never waits for the bucket, and the log in the bucket is
+current to within that interval.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import sys
+import threading
+import time
 from typing import IO
 
 from etils import epath
@@ -132,18 +140,85 @@ def write_text(path, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
-class AppendLog:
-  """A text file that lines are appended to, each flushed at once (``gs://`` included:
-  see the module docstring). Creates the folder; an existing file is continued."""
+REMOTE_INTERVAL_S = 5.0  # a scheme:// log is uploaded at most this often (GCS: ~1 write/s)
 
-  def __init__(self, path):
+
+class AppendLog:
+  """A text file that lines are appended to; creates the folder and continues an existing
+  file. Local: each line written and flushed at once. ``scheme://``: each line kept, and
+  the whole log uploaded by a background thread within ``interval_s`` of it (see the
+  module docstring); ``close`` uploads what is left. An upload that fails is reported once
+  on stderr and tried again at the next interval: a log never slows or stops a run."""
+
+  def __init__(self, path, *, interval_s: float | None = None):
     self.path = absolute(path)
     makedirs(dirname(self.path))
-    self._file = open_file(self.path, "a")
+    self._remote = not is_local(self.path)
+    if not self._remote:
+      self._file = open_file(self.path, "a")
+      return
+    self.interval_s = REMOTE_INTERVAL_S if interval_s is None else interval_s
+    self._lines = [read_text(self.path)] if exists(self.path) else []
+    self._written = len(self._lines)  # lines the bucket holds
+    self._lock = threading.Lock()
+    self._wake = threading.Event()
+    self._closing = threading.Event()
+    self._failing = False
+    self._thread = threading.Thread(target=self._upload_loop, daemon=True,
+                                    name=f"log {basename(self.path)}")
+    self._thread.start()
 
   def write(self, line: str) -> None:
-    self._file.write(line.rstrip("\n") + "\n")
-    self._file.flush()
+    line = line.rstrip("\n") + "\n"
+    if not self._remote:
+      self._file.write(line)
+      self._file.flush()
+      return
+    with self._lock:
+      self._lines.append(line)
+    self._wake.set()
 
   def close(self) -> None:
-    self._file.close()
+    if not self._remote:
+      self._file.close()
+      return
+    self._closing.set()
+    self._wake.set()
+    self._thread.join()
+    if self._written < len(self._lines):
+      print(f"warning: the last {len(self._lines) - self._written} line(s) of {self.path} "
+            "could not be uploaded", file=sys.stderr, flush=True)
+
+  def _upload_loop(self) -> None:
+    while True:
+      self._wake.wait()
+      self._wake.clear()
+      self._closing.wait(self.interval_s)  # gathers an interval's lines into one upload
+      closing = self._closing.is_set()
+      self._upload(attempts=3 if closing else 1)
+      if closing:
+        return
+
+  def _upload(self, attempts: int) -> None:
+    with self._lock:
+      count, text = len(self._lines), "".join(self._lines)
+    if count == self._written:
+      return
+    for attempt in range(attempts):
+      try:
+        write_text(self.path, text)  # (TF's ram:// "w" appends: a rename replaces)
+      except Exception as e:  # noqa: BLE001 - a log that cannot be written never stops a run
+        if not self._failing:
+          print(f"warning: cannot upload the log {self.path} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200] if str(e) else ''}); trying again",
+                file=sys.stderr, flush=True)
+        self._failing = True
+        if attempt + 1 < attempts:
+          time.sleep(min(self.interval_s, 2.0 ** attempt))
+        continue
+      if self._failing:
+        print(f"note: the log {self.path} is written again", file=sys.stderr, flush=True)
+      self._failing = False
+      self._written = count
+      return
+    self._wake.set()  # lines are waiting: try again at the next interval

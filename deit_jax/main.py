@@ -10,7 +10,9 @@ at the same step, which is saved; then they exit cleanly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import sys
 import time
 
 import jax
@@ -27,26 +29,48 @@ from deit_jax.teacher.feed import EVAL_KEYS, Teacher
 
 
 class _Writer:
-  """metrics.jsonl + TensorBoard events, written by process 0 only."""
+  """metrics.jsonl + TensorBoard events, written by process 0 only. On a ``gs://`` workdir
+  neither waits for the bucket: metrics.jsonl is a background ``files.AppendLog``, and the
+  events go through one background thread that flushes them at most every
+  ``files.REMOTE_INTERVAL_S`` (an events file is one object, re-uploaded whole per flush)."""
 
   def __init__(self, workdir):
     self.active = jax.process_index() == 0
     if self.active:
-      self._jsonl = files.AppendLog(files.join(workdir, "metrics.jsonl"))  # flushed per line
-      self._tb = tf.summary.create_file_writer(files.join(workdir, "tensorboard"))
+      self._jsonl = files.AppendLog(files.join(workdir, "metrics.jsonl"))
+      self._tb = tf.summary.create_file_writer(files.join(workdir, "tensorboard"),
+                                               max_queue=10_000, flush_millis=10 ** 9)
+      self._background = None if files.is_local(workdir) else \
+          concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tensorboard")
+      self._flushed = time.time()
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.active:
       return
     self._jsonl.write(json.dumps({"step": step, **metrics}))
-    with self._tb.as_default(step=step):
-      for key, value in metrics.items():
-        tf.summary.scalar(key, value)
-    self._tb.flush()
+    if self._background is None:
+      self._scalars(step, metrics, flush=True)
+    else:
+      self._background.submit(self._scalars, step, metrics,
+                              flush=time.time() - self._flushed >= files.REMOTE_INTERVAL_S)
+
+  def _scalars(self, step: int, metrics: dict, flush: bool) -> None:
+    try:
+      with self._tb.as_default(step=step):
+        for key, value in metrics.items():
+          tf.summary.scalar(key, value)
+      if flush:
+        self._flushed = time.time()
+        self._tb.flush()
+    except Exception as e:  # noqa: BLE001 - events that cannot be written never stop a run
+      print(f"warning: TensorBoard events not written at step {step} "
+            f"({type(e).__name__}: {str(e)[:200]})", file=sys.stderr, flush=True)
 
   def close(self):
     if self.active:
       self._jsonl.close()
+      if self._background is not None:
+        self._background.shutdown(wait=True)
       self._tb.close()
 
 

@@ -17,9 +17,16 @@ the step count and gradient accumulation (the same maths in micro-batches, to fi
 machine's memory) differ from the documented commands. The teacher's weights are random (the
 official file cannot be downloaded here), saved in the official file's layout.
 
+With ``--bucket=standin`` the bucket is ``gs://deit-rehearsal`` served by the GCS stand-in
+(``deit_jax.bench.gcs_standin``, objects under ``<work>/standin``): every command reaches it
+through its own client, as on a pod (tf.io.gfile, array_record, tensorstore,
+google-cloud-storage), and the requests and bytes of each stage, per client, are printed at
+the end and kept in ``<work>/standin_requests.json``. ``--latency_ms`` adds a delay to each
+request.
+
 Each stage's wall-clock is printed at the end; a stage whose output exists is skipped, so an
 interrupted rehearsal continues where it stopped. The test suite runs a smaller form
-(tests/test_rehearsal.py: smaller batch, model and teacher).
+(tests/test_rehearsal.py: smaller batch, model and teacher, through the stand-in).
 """
 
 from __future__ import annotations
@@ -62,6 +69,11 @@ def _args(argv=None):
                  help="stage 0, pod_compile of the config for --topology (needs the tpu "
                  "extra; the test suite's smaller form leaves it to tests/test_pod_compile.py)")
   p.add_argument("--topology", default="v4-32", help="the slice the processes stand for")
+  p.add_argument("--bucket", choices=("dir", "standin"), default="dir",
+                 help="dir: <work>/bucket stands for gs://BUCKET; standin: gs://deit-rehearsal "
+                 "on the local GCS stand-in, reached by every client as on a pod")
+  p.add_argument("--latency_ms", type=float, default=0.0,
+                 help="--bucket=standin: added to every request")
   p.add_argument("--smaller", action="append", default=[], metavar="KEY=VALUE",
                  help="extra --config.KEY=VALUE of the student (the test suite's smaller "
                  "form only: the rehearsal proper adds none)")
@@ -120,17 +132,30 @@ def save_teacher_weights(path: str, architecture: str) -> None:
 # Running the documented commands
 # ---------------------------------------------------------------------------
 
+STANDIN_BUCKET = "deit-rehearsal"
+CLIENTS = ("tensorflow", "array_record", "tensorstore", "google-cloud-storage")
+
+
 class Rehearsal:
   def __init__(self, args):
+    from deit_jax import files
     self.args = args
     self.work = os.path.abspath(args.work)
-    self.bucket = os.path.join(self.work, "bucket")  # stands for gs://BUCKET
-    self.data_dir = os.path.join(self.bucket, "tensorflow_datasets")
-    self.logits = os.path.join(self.bucket, "teacher_logits", "regnety160")
-    self.teacher_dir = os.path.join(self.bucket, "models", args.teacher)
-    self.workdir = os.path.join(self.bucket, "runs", "deit_tiny")
+    self.standin = None
+    if args.bucket == "standin":  # every command below inherits its environment
+      from deit_jax.bench.gcs_standin import StandIn
+      self.standin = StandIn(os.path.join(self.work, "standin"),
+                             latency_s=args.latency_ms / 1e3).start().activate()
+      self.bucket = f"gs://{STANDIN_BUCKET}"
+    else:
+      self.bucket = os.path.join(self.work, "bucket")  # stands for gs://BUCKET
+    self.data_dir = files.join(self.bucket, "tensorflow_datasets")
+    self.logits = files.join(self.bucket, "teacher_logits", "regnety160")
+    self.teacher_dir = files.join(self.bucket, "models", args.teacher)
+    self.workdir = files.join(self.bucket, "runs", "deit_tiny")
     self.logs = os.path.join(self.work, "logs")
     self.times: list[tuple[str, float, str]] = []
+    self.requests: dict[str, dict] = {}  # stage -> client -> counters (the stand-in's)
     os.makedirs(self.logs, exist_ok=True)
 
   def stage(self, name: str, done: bool, fn) -> None:
@@ -140,8 +165,12 @@ class Rehearsal:
       return
     print(f"[rehearsal] {name} ...", flush=True)
     start = time.time()
+    if self.standin:
+      self.standin.reset_stats()
     note = fn() or ""
     self.times.append((name, time.time() - start, note))
+    if self.standin:
+      self.requests[name] = self.standin.stats.snapshot()["clients"]
     print(f"[rehearsal] {name}: {time.time() - start:.0f} s {note}", flush=True)
 
   def run(self, name: str, command: list[str], **kwargs) -> str:
@@ -235,8 +264,8 @@ class Rehearsal:
     return f"(resumed at step {resumed.group(1)}, finished step {self.args.steps})"
 
   def checkpoint_steps(self) -> list[int]:
-    from deit_jax import checkpoint
-    return checkpoint.committed_steps(os.path.join(self.workdir, "checkpoints"))
+    from deit_jax import checkpoint, files
+    return checkpoint.committed_steps(files.join(self.workdir, "checkpoints"))
 
   def main(self) -> None:
     a = self.args
@@ -246,10 +275,11 @@ class Rehearsal:
     if a.fit_check:
       self.stage(f"0 the config fits a {a.topology}", os.path.exists(fit),
                  lambda: self._fit_check(fit))
+    from deit_jax import files
     self.stage("1 miniature ILSVRC2012 tars", os.path.exists(
         os.path.join(manual, "ILSVRC2012_img_val.tar")),
         lambda: make_ilsvrc(manual, a.classes, a.per_class, a.val))
-    self.stage("2 prepare into the bucket", os.path.exists(os.path.join(
+    self.stage("2 prepare into the bucket", files.exists(files.join(
         self.data_dir, "imagenet2012")), lambda: self.run("prepare", [
             py, "-m", "deit_jax.data.prepare", "--dataset=imagenet2012",
             f"--manual_dir={manual}", f"--data_dir={self.data_dir}",
@@ -257,11 +287,11 @@ class Rehearsal:
     weights = os.path.join(self.work, f"{a.teacher}-official-layout.pth")
     self.stage("3a teacher weights (random, official layout)", os.path.exists(weights),
                lambda: save_teacher_weights(weights, a.teacher))
-    self.stage("3b convert the teacher", os.path.exists(self.teacher_dir), lambda: self.run(
+    self.stage("3b convert the teacher", files.exists(self.teacher_dir), lambda: self.run(
         "convert", [py, "-m", "deit_jax.convert", weights, f"--model={a.teacher}",
                     f"--out={self.teacher_dir}"]) and None)
-    self.stage("3c teacher logits (every process)", os.path.exists(
-        os.path.join(self.logits, "manifest.json")), lambda: self.run_processes(
+    self.stage("3c teacher logits (every process)", files.exists(
+        files.join(self.logits, "manifest.json")), lambda: self.run_processes(
             "precompute", [c[:3] + ["precompute"] + c[3:] for c in self.multihost(
                 "deit_jax.teacher", [f"--config={a.teacher_config}",
                                      f"--checkpoint={self.teacher_dir}", "--split=train",
@@ -273,14 +303,42 @@ class Rehearsal:
                self.resumed_training)
     report = os.path.join(self.work, "evaluate.json")
     self.stage("6 evaluate", os.path.exists(report), lambda: self._evaluate(report))
-    exported = os.path.join(self.bucket, "export", "deit_tiny.safetensors")
-    self.stage("7 export", os.path.exists(exported), lambda: self.run("export", [
+    exported = files.join(self.bucket, "export", "deit_tiny.safetensors")
+    self.stage("7 export", files.exists(exported), lambda: self.run("export", [
         py, "-m", "deit_jax.export", self.workdir, f"--out={exported}"]) and None)
     total = sum(t for _, t, _ in self.times)
     print("\n[rehearsal] passed; wall-clock per stage:")
     for name, seconds, note in self.times:
       print(f"  {name:<44} {seconds:7.0f} s  {note}")
     print(f"  {'total':<44} {total:7.0f} s")
+    if self.standin:
+      self.report_requests()
+
+  def report_requests(self) -> None:
+    """Each stage's requests and bytes per client, as the stand-in counted them; fails if
+    a client that the pod path needs never reached it (a silent fall-back to local files
+    would show as none)."""
+    path = os.path.join(self.work, "standin_requests.json")
+    earlier = json.load(open(path)) if os.path.exists(path) else {}
+    earlier.update(self.requests)
+    with open(path + ".partial", "w") as f:
+      json.dump(earlier, f, indent=1)
+    os.replace(path + ".partial", path)
+    print(f"\n[rehearsal] requests to the GCS stand-in per stage (all: {path}):")
+    print(f"  {'stage':<44} {'client':<22} {'requests':>9} {'connections':>11} "
+          f"{'MB sent':>9} {'MB received':>11}")
+    for stage, clients in earlier.items():
+      for client, c in sorted(clients.items()):
+        if client == "control":
+          continue
+        print(f"  {stage:<44} {client:<22} {c.get('requests', 0):>9} "
+              f"{c.get('connections', 0):>11} {c.get('bytes_sent', 0) / 1e6:>9.2f} "
+              f"{c.get('bytes_received', 0) / 1e6:>11.2f}")
+    missing = [c for c in CLIENTS if not any(clients.get(c, {}).get("requests")
+                                             for clients in earlier.values())]
+    if missing:
+      sys.exit(f"[rehearsal] FAILED: no request from {', '.join(missing)} reached the GCS "
+               "stand-in")
 
   def _fit_check(self, report: str) -> str:
     """docs/launch.md's check before renting a slice: the train step compiled for it."""
