@@ -124,6 +124,18 @@ def parse_argv(define: Callable[[flags.FlagValues], None], argv: list[str], prog
   return values, rest[1:]
 
 
+def run_argv(define: Callable[[flags.FlagValues], None], argv: list[str], prog: str,
+             body: Callable[[flags.FlagValues, list[str]], object]) -> int:
+  """``parse_argv``, then ``body(values, positional)``: returns 0, or 2 after one line
+  ``error: ...`` on a user mistake (for ``sys.exit``)."""
+  try:
+    body(*parse_argv(define, argv, prog))
+  except USER_ERRORS as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  return 0
+
+
 def quiet_logs() -> None:
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
     logging.set_verbosity(logging.WARNING)  # orbax/TF chatter; progress lines are printed

@@ -70,3 +70,9 @@ class BenchError(UserError):
 
 USER_OS_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, FileExistsError,
                                              PermissionError)
+
+
+class StorageError(UserError):
+  """Data that could not be read from storage past every retry (the storage client's and
+  ours): one line, exit code 2. The run stops before training on an incomplete batch; its
+  last checkpoint is kept."""

@@ -146,8 +146,8 @@ def _train(config, workdir: str) -> dict:
   if warning:
     say(f"warning: {warning}")
   writer = _Writer(workdir)
-  batches = feeding.train_batches(train_source, augment, host, mesh, teacher, seed=config.seed,
-                              start_step=start_step)
+  batches, stream = feeding.train_batches(train_source, augment, host, mesh, teacher,
+                                         seed=config.seed, start_step=start_step)
   eval_metrics = {}
   timer = health.StepTimer(config.batch_size, model.config, list(mesh.devices.flat))
   if start_step >= total_steps:
@@ -169,6 +169,7 @@ def _train(config, workdir: str) -> dict:
         raise UserError(f"loss is {values['train_loss']} at step {step}; stopped. The last "
                         f"checkpoint (step {checkpoints.latest_step()}) is kept")
       values.update(timer.window())  # step time, input wait, img/s, MFU
+      values["input_skipped"] = stream.skipped  # corrupt examples dropped (this process)
       rate = values["images_per_sec"]
       eta = (total_steps - step) * config.batch_size / rate
       if step % config.log_every_steps == 0 or last:

@@ -314,45 +314,65 @@ def test_batched_reads_equal_per_record_reads(fmnist_data_dir):
     np.testing.assert_array_equal(a[key], b[key])
 
 
-class _OneBadRecord:
-  """A TFDS data source whose record ``bad`` cannot be read (as from a corrupt chunk)."""
+class _FailingRecord:
+  """A TFDS data source whose record ``bad`` fails to read ``fails[0]`` more times (a
+  storage fault past the client's own retries; the count is shared by the sources opened
+  again after a failure), then reads."""
 
-  def __init__(self, inner, bad):
-    self.inner, self.bad = inner, bad
+  def __init__(self, inner, bad, fails):
+    self.inner, self.bad, self.fails = inner, bad, fails
 
   def __len__(self):
     return len(self.inner)
 
+  def _check(self, indices):
+    if self.bad in indices and self.fails[0] > 0:
+      self.fails[0] -= 1
+      raise OSError("503 Service Unavailable")
+
   def __getitem__(self, index):
-    if index == self.bad:
-      raise OSError("corrupt chunk")
+    self._check([index])
     return self.inner[index]
 
   def __getitems__(self, indices):
-    if self.bad in indices:
-      raise OSError("corrupt chunk")
+    self._check(indices)
     return self.inner.__getitems__(indices)
 
 
-def test_an_unreadable_record_drops_only_itself(fmnist_data_dir, monkeypatch, caplog):
+def test_a_read_error_is_retried_to_the_same_batches_or_stops(fmnist_data_dir, monkeypatch,
+                                                               caplog):
+  """A read that fails is tried again with the same indices: the batches equal a fault-free
+  run's, bit for bit. One that fails every try stops the iteration with StorageError before
+  a batch without its examples is used (it never turns into a dropped example)."""
+  from deit_jax.errors import StorageError
+  monkeypatch.setattr(sources, "READ_BACKOFF_S", 0.01)
   builder = sources._tfds_builder("fashion_mnist", fmnist_data_dir, None)
   host = pipeline.HostSlice(12)
-  stream = pipeline.train_positions(10_000, host, seed=1)
-  bad = int(next(iter(stream.skip(5)))[0])  # the example at local position 5
+  bad = int(next(iter(pipeline.train_positions(10_000, host, seed=1).skip(5)))[0])
   real = builder.as_data_source
-  monkeypatch.setattr(builder, "as_data_source",
-                      lambda *a, **k: _OneBadRecord(real(*a, **k), bad))
-  source = sources.from_builder(builder, "test", in_memory_limit_bytes=0)
-  config = pipeline.AugmentConfig(**FMNIST, repeated_aug=1)  # one copy of each image
-  for read_batch in (8, 1):  # batched reads, and the per-record path they fall back to
-    iterator = pipeline.TrainIterator(dataclasses.replace(source, read_batch=read_batch),
-                                      config, host, seed=1)
+  config = pipeline.AugmentConfig(**FMNIST, repeated_aug=1)
+
+  def batches(fails, read_batch):
+    fails = [fails]
+    monkeypatch.setattr(builder, "as_data_source",
+                        lambda *a, **k: _FailingRecord(real(*a, **k), bad, fails))
+    source = dataclasses.replace(sources.from_builder(builder, "test", in_memory_limit_bytes=0),
+                                 read_batch=read_batch)
+    iterator = pipeline.TrainIterator(source, config, host, seed=1)
+    return _collect(iterator, 3), iterator
+
+  clean, _ = batches(0, 8)
+  for read_batch in (8, 1):  # batched reads, and the per-record path
     with caplog.at_level(logging.WARNING):
-      batches = _collect(iterator, 3)
-    assert iterator.skipped == 1  # not the whole read batch of 8
-    ids = np.concatenate([b["id"] for b in batches])
-    assert bad not in ids and len(ids) == 36
-  assert f"record {bad} is unreadable (OSError: corrupt chunk)" in caplog.text
+      retried, iterator = batches(sources.READ_TRIES - 1, read_batch)
+    assert iterator.skipped == 0
+    for a, b in zip(clean, retried):
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert "failed (OSError: 503 Service Unavailable); trying again" in caplog.text
+    with pytest.raises(StorageError, match="failed 3 times, each after the storage client "
+                                           "retries .OSError: 503 Service Unavailable"):
+      batches(sources.READ_TRIES, read_batch)
 
 
 def test_tfrecord_preparation_is_refused_for_random_access(fmnist_data_dir, tmp_path):

@@ -221,3 +221,37 @@ def test_a_failure_of_process_0_reaches_every_process(tmp_path):
   out = _as_processes(2, body)
   assert isinstance(out[0], FileNotFoundError) and fashion_mnist.FILES["test_data"] in str(out[0])
   assert isinstance(out[1], sources.DatasetError) and "process 0 failed" in str(out[1])
+
+
+def test_stage_copies_from_the_bucket_resumes_and_refuses_too_little_space(
+    local_build, tmp_path, monkeypatch, capsys):
+  """``deit_jax.data.stage``: the prepared dataset from a bucket (the GCS stand-in, through
+  tf.io.gfile) to a local dir, checked to open with the same counts; a re-run after an
+  interruption copies only what is missing, a complete one does nothing; too little
+  space is one line before any copy."""
+  from deit_jax.bench.bucket_io import copy_tree
+  from deit_jax.bench.gcs_standin import StandIn
+  from deit_jax.data import stage
+  with StandIn() as standin:
+    copy_tree(local_build, standin, "tfds")
+    standin.activate()
+    bucket = "gs://deit-bench/tfds"
+    local = str(tmp_path / "staged")
+    lines = []
+    stage.stage(NAME, data_dir=bucket, local_dir=local, say=lines.append)
+    assert lines[0].startswith("staged ") and f"--config.data_dir={local}" in lines[-1]
+    source = sources.open_source(NAME, "train", data_dir=local)
+    assert source.num_examples == 12
+    shard = next(f for f in os.listdir(_variant(local)) if "train.array_record" in f)
+    os.remove(os.path.join(_variant(local), shard))  # an interrupted staging
+    os.remove(os.path.join(_variant(local), prepare.INFO_FILE))
+    lines.clear()
+    stage.stage(NAME, data_dir=bucket, local_dir=local, say=lines.append)
+    assert lines[0].startswith("staged 2 files") and "already there" in lines[0]
+    stage.stage(NAME, data_dir=bucket, local_dir=local, say=lines.append)
+    assert lines[-1].endswith("is already staged in " + _variant(local) + ": nothing to do")
+    monkeypatch.setattr(stage.shutil, "disk_usage", lambda p: types.SimpleNamespace(free=10))
+    assert stage.main([f"--dataset={NAME}", f"--data_dir={bucket}",
+                       f"--local_dir={tmp_path / 'other'}"]) == 2
+    assert not (tmp_path / "other").exists()
+    assert capsys.readouterr().err.startswith(f"error: not enough space to stage {NAME} in ")

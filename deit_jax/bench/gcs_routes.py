@@ -93,12 +93,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     fault = s.fault_for(f"{self.command} {self.path}", body=False)
     if fault is not None:
       self._count("faults")
-      self._log(int(fault.kind) if fault.kind.isdigit() else 0, 0, fault=fault.kind)
+      self._fault = fault.kind
       if fault.kind == "stall":
+        self._log(0, 0)
         time.sleep(fault.stall_s)
         raise _Abort()
-      self._json(int(fault.kind), {"error": {"code": int(fault.kind),
-                                             "message": "injected by the stand-in"}})
+      self._error(int(fault.kind), "injected by the stand-in")
       return False
     return True
 
@@ -111,7 +111,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         "path": self.path[:300], "route": route,
                         "range": self.headers.get("Range"), "status": status,
                         "sent": sent, "t": round(time.time() - self.standin.started, 4),
-                        **extra})
+                        "object": self._object, "fault": self._fault, **extra})
 
   # ----------------------------------------------------------------- answers
   def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
@@ -185,6 +185,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
   do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
   def _dispatch(self):
+    self._object = None  # the object a write created (for the log)
+    self._fault = None  # the injected fault this request drew
     if self.client is None:  # a connection's first request names its client
       self.client = client_of(self.headers.get("User-Agent", ""), self.tunnelled)
       self._count("connections")
@@ -277,7 +279,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
       sent = (self._write(s.objects.chunks(obj, start, end + 1, CHUNK), fault)
               if self.command != "HEAD" else 0)
     except _Abort:
-      self._log(status, fault.after_bytes, fault="reset")
+      self._fault = "reset"
+      self._log(status, fault.after_bytes)
       raise
     self._log(status, sent)
 
@@ -325,6 +328,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                 "operations (create, update, and delete).")
       s.last_write[(bucket, name)] = now
       obj = s.objects.write(bucket, name, data)
+    self._object = name
     if rewrite:  # done in one call (a real bucket may take several, with a rewriteToken)
       return self._json(200, {"kind": "storage#rewriteResponse", "done": True,
                               "totalBytesRewritten": str(obj.size),

@@ -62,7 +62,8 @@ TLS_HOSTS = ("www.googleapis.com", "storage.googleapis.com", "oauth2.googleapis.
 
 @dataclasses.dataclass
 class Fault:
-  """An injected fault. ``kind``: ``429`` or ``503`` (answered before any body), ``reset``
+  """An injected fault. ``kind``: an HTTP status such as ``429``, ``503`` or ``403``
+  (answered before any body), ``reset``
   (a media body cut after ``after_bytes`` and the connection closed) or ``stall`` (no
   answer for ``stall_s``, then the connection closed). Applies to requests whose ``"METHOD
   path?query"`` matches the regular expression ``match``, with probability ``rate`` (a
@@ -76,8 +77,9 @@ class Fault:
   fired: int = 0
 
   def __post_init__(self):
-    if self.kind not in ("429", "503", "reset", "stall"):
-      raise ValueError(f"fault kind {self.kind!r}: one of 429, 503, reset, stall")
+    if self.kind not in ("reset", "stall") and not (
+        self.kind.isdigit() and 400 <= int(self.kind) < 600):
+      raise ValueError(f"fault kind {self.kind!r}: an HTTP status 4xx/5xx, reset or stall")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import jax
 import numpy as np
 
-from deit_jax.data import pipeline
+from deit_jax.data import pipeline, sources
 from deit_jax.sharding import batch_sharding
 
 
@@ -43,15 +43,28 @@ def prefetch_to_device(batches: Iterable[dict[str, np.ndarray]],
 
 def train_batches(source, augment, host: pipeline.HostSlice, mesh, teacher, *, seed: int,
                   start_step: int):
-  """Device batches of the train stream from ``start_step``, joined with the teacher."""
+  """Device batches of the train stream from ``start_step``, joined with the teacher, and
+  the host iterator behind them (its ``skipped`` count of corrupt examples)."""
   iterator = pipeline.TrainIterator(source, augment, host, seed=seed, start_step=start_step,
                                     views=teacher.views)
-  return prefetch_to_device(map(teacher.join, iterator),
-                                    batch_sharding(mesh))
+  return prefetch_to_device(map(teacher.join, iterator), batch_sharding(mesh)), iterator
 
 
 def eval_batches(source, augment, host: pipeline.HostSlice, mesh, teacher):
   """Device batches of one pass over ``source`` (padded, masked), joined with the
   (evaluation) teacher."""
-  batches = pipeline.eval_dataset(source, augment, host).as_numpy_iterator()
+  batches = _checked(pipeline.eval_dataset(source, augment, host).as_numpy_iterator(), source)
   return prefetch_to_device(map(teacher.join, batches), batch_sharding(mesh))
+
+
+def _checked(batches, source):
+  """``batches``, stopping with StorageError once a read of ``source`` failed past every
+  retry (its stand-in record would otherwise fail to decode with a less telling error)."""
+  import tensorflow as tf
+  try:
+    for batch in batches:
+      sources.check_reads(source)
+      yield batch
+  except tf.errors.OpError:
+    sources.check_reads(source)
+    raise

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from deit_jax.data import randaugment, transforms
-from deit_jax.data.sources import Source
+from deit_jax.data.sources import Source, check_reads
 from deit_jax.errors import ConfigError
 
 _INFINITE = 2 ** 62
@@ -310,7 +310,14 @@ def train_dataset(source: Source, config: AugmentConfig, host: HostSlice, *, see
   views = None if views is None else tf.constant(views, tf.int32)
 
   def element(example, aug_seed, position):
-    image, view = train_transform(example, aug_seed, source, config, views)
+    # A record whose read failed past every retry comes with label -1 and skips the
+    # transform (so it is not dropped like a corrupt image): the iterator stops the run
+    # before its batch is used (sources.check_reads).
+    size = config.image_size
+    image, view = tf.cond(
+        example["label"] >= 0,
+        lambda: train_transform(example, aug_seed, source, config, views),
+        lambda: (tf.zeros((size, size, config.in_chans), tf.float32), tf.constant(-1)))
     return {"image": image, "label": example["label"], "id": example["id"], "view": view,
             "position": position}
 
@@ -355,6 +362,7 @@ class TrainIterator:
 
   def __init__(self, source: Source, config: AugmentConfig, host: HostSlice, *, seed: int,
                start_step: int = 0, views=None):
+    self.source = source
     self.source_name = source.name
     self.next_step = start_step
     self.skipped = 0
@@ -368,6 +376,7 @@ class TrainIterator:
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._iterator)
+    check_reads(self.source)  # a read that failed past every retry stops the run here
     positions = batch.pop("position")
     self._seen += len(positions)
     skipped = int(positions[-1]) + 1 - self._first_position - self._seen

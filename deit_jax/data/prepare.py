@@ -176,36 +176,47 @@ def _join(root: str, relative: str) -> str:
   return root.rstrip("/") + "/" + relative.replace(os.sep, "/")
 
 
-def dataset_files(builder) -> list[str]:
-  """The files of a built dataset, relative to its TFDS data dir, ``dataset_info.json``
-  last; with ``<name>/.config/metadata.json`` (TFDS's default config name) where present."""
-  root = os.fspath(builder.data_dir_root)
-  variant = os.path.relpath(builder.data_dir, root)  # <name>[/<config>]/<version>
-  files = sorted(os.path.relpath(os.path.join(d, f), root)
-                 for d, _, names in os.walk(builder.data_dir) for f in names)
-  info = os.path.join(variant, INFO_FILE)
+def dataset_files(builder, root: str | None = None) -> list[str]:
+  """The files of a built dataset (local or in a bucket), relative to its TFDS data dir
+  ``root`` (default: the builder's), ``dataset_info.json`` last; with
+  ``<name>/.config/metadata.json`` (TFDS's default config name) where present."""
+  import tensorflow as tf
+  root = os.fspath(root or builder.data_dir_root).rstrip("/")
+  data_dir = os.fspath(builder.data_dir).rstrip("/")
+  variant = data_dir[len(root) + 1:]  # <name>[/<config>]/<version>
+  files = sorted(_join(d.rstrip("/"), f)[len(root) + 1:]
+                 for d, _, names in tf.io.gfile.walk(data_dir) for f in names)
+  info = variant + "/" + INFO_FILE
   if info not in files:
-    raise DatasetError(f"{builder.data_dir} holds no {INFO_FILE}: not a prepared TFDS dataset")
-  config = os.path.join(variant.split(os.sep)[0], ".config", "metadata.json")
-  extra = [config] if os.path.isfile(os.path.join(root, config)) else []
-  return extra + [f for f in files if f != info] + [info]
+    raise DatasetError(f"{data_dir} holds no {INFO_FILE}: not a prepared TFDS dataset")
+  config = variant.split("/")[0] + "/.config/metadata.json"
+  extra = [config] if tf.io.gfile.exists(_join(root, config)) else []
+  return extra + [f for f in files if f != info and ".partial-" not in f] + [info]
 
 
 def copy_dataset(files: list[str], src: str, dest: str, *, threads: int = 16):
-  """Copies ``files`` (paths relative to the local dir ``src``) to ``dest`` (any file
-  system ``tf.io.gfile`` serves), the last one only after all others. A file already at
-  ``dest`` with the same size is kept, so a re-run after an interruption finishes the copy.
-  Returns (files copied, files kept, bytes copied)."""
+  """Copies ``files`` (paths relative to ``src``) to ``dest``, either of them local or any
+  file system ``tf.io.gfile`` serves, the last one only after all others. A file already at
+  ``dest`` with the same size is kept, so a re-run after an interruption finishes the copy;
+  a file is written under a temporary name and renamed, so a partial one never has its
+  final name. Returns (files copied, files kept, bytes copied)."""
   import tensorflow as tf
   gfile = tf.io.gfile
 
   def copy(relative) -> int:
-    source, target = os.path.join(src, relative), _join(dest, relative)
-    size = os.path.getsize(source)
+    source, target = _join(src, relative), _join(dest, relative)
+    size = gfile.stat(source).length
     if gfile.exists(target) and gfile.stat(target).length == size:
       return -1
     gfile.makedirs(target.rsplit("/", 1)[0])
-    gfile.copy(source, target, overwrite=True)
+    # A bucket object appears whole or not at all; a local file gets a temporary name.
+    partial = f"{target}.partial-{os.getpid()}" if sources.is_local(target) else target
+    gfile.copy(source, partial, overwrite=True)
+    if gfile.stat(partial).length != size:
+      raise DatasetError(f"copying {source} to {target} gave {gfile.stat(partial).length} "
+                         f"bytes instead of {size}; run the command again")
+    if partial != target:
+      gfile.rename(partial, target, overwrite=True)
     return size
 
   *body, last = files
@@ -233,19 +244,15 @@ def verify(dataset: str, data_dir: str, local) -> None:
 
 def main(argv=None) -> int:
   """The command line: 0, or 2 with one line ``error: ...`` on a user mistake."""
-  argv = sys.argv[1:] if argv is None else argv
-  try:
-    values, positional = cli.parse_argv(_define_flags, argv, PROG)
+  def body(values, positional):
     if positional or not values.dataset:
       raise UserError(f"usage: {PROG} --dataset=NAME [--data_dir=DIR] [--local_dir=DIR] "
                       "[--manual_dir=DIR] [--file_format=array_record|tfrecord]")
     prepare(values.dataset, data_dir=values.data_dir, local_dir=values.local_dir,
             manual_dir=values.manual_dir, file_format=values.file_format,
             copy_threads=values.copy_threads)
-  except cli.USER_ERRORS as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    return 2
-  return 0
+
+  return cli.run_argv(_define_flags, sys.argv[1:] if argv is None else argv, PROG, body)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -37,12 +38,17 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deit_jax.data import fashion_mnist
-from deit_jax.errors import DatasetError
+from deit_jax.errors import DatasetError, StorageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IN_MEMORY_LIMIT_BYTES = 2 << 30
 IN_MEMORY_DECODE_BATCH = 1024  # images per decoding call when a split is loaded in memory
 READ_BATCH = 256  # records per Python call of a batched read (docs/performance.md#host-input)
+# A read of records that fails is tried again, with the same indices (so the same bits),
+# READ_TRIES times in all, after READ_BACKOFF_S seconds and then twice that. Each try
+# already includes the storage client's own retries (docs/data.md, "Storage faults").
+READ_TRIES = 3
+READ_BACKOFF_S = float(os.environ.get("DEIT_JAX_READ_BACKOFF_S", "10"))
 
 
 @dataclasses.dataclass
@@ -64,6 +70,43 @@ class Source:
   # per-example keys fetch returns besides image/label/id, as open_source was asked:
   # "file_name" (a string) and "real_label" (uint8 [num_classes], the ReaL label set)
   extras: tuple[str, ...] = ()
+  # reads that failed past every retry (their examples come back unreadable); the
+  # iterators stop with StorageError on the first (check_reads)
+  read_failures: list[str] = dataclasses.field(default_factory=list)
+
+
+def check_reads(source: Source) -> None:
+  """Raises StorageError if a read of ``source`` failed past every retry: the examples it
+  should have given are missing, so the batch in hand is not the one the run would see."""
+  if source.read_failures:
+    raise StorageError(f"{source.read_failures[0]}; stopped before using an incomplete "
+                       "batch (the last checkpoint is kept: the same command resumes once "
+                       "the storage answers)")
+
+
+def read_with_retries(read, what: str, failures: list[str], fallback, reopen=None):
+  """``read()``, tried READ_TRIES times with backoff (``reopen()`` first: a reader whose
+  file failed to open stays broken); after the last failure the failure goes to
+  ``failures`` and ``fallback()`` is returned (the caller stops: check_reads)."""
+  if failures:  # the run stops at its next batch: no more waiting
+    return fallback()
+  for attempt in range(READ_TRIES):
+    try:
+      return read()
+    except Exception as e:  # noqa: BLE001 - any reader error; the message names it
+      error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+      if attempt + 1 < READ_TRIES:
+        wait = READ_BACKOFF_S * 2 ** attempt
+        logging.warning("reading %s failed (%s); trying again in %.1f s", what, error, wait)
+        time.sleep(wait)
+        if reopen is not None:
+          try:
+            reopen()
+          except Exception:  # noqa: BLE001 - the next read reports what is wrong
+            pass
+  failures.append(f"reading {what} failed {READ_TRIES} times, each after the storage "
+                  f"client retries ({error})")
+  return fallback()
 
 
 def open_source(dataset: str, split: str, *, data_dir: str | None = None,
@@ -259,11 +302,13 @@ def _load_in_memory(builder, name, split, num_examples, shape, label_feature, la
 
 def _array_record_source(builder, name, split, num_examples, channels, label_feature,
                          label_key="label", extras=()):
+  def open_sources():
+    return (builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()}),
+            builder.as_data_source(split=split,
+                                   deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES))
+
   try:
-    data_source = builder.as_data_source(split=split,
-                                         decoders={"image": tfds.decode.SkipDecoding()})
-    raw_source = builder.as_data_source(
-        split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    opened = list(open_sources())  # [decoded, raw]; opened again after a failed read
   except Exception as e:  # TFDS raises assorted types for a non-array_record preparation
     raise DatasetError(
         f"{name} in {builder.data_dir} was not prepared in the array_record format, which "
@@ -274,7 +319,12 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
   extra_types = {"file_name": (tf.string, ()), "real_label": (tf.uint8, (num_classes,))}
 
   def read(index):
-    record = data_source[int(index)]
+    record = read_with_retries(lambda: opened[0][int(index)],
+                               f"record {int(index)} of {name}/{split}", failures, lambda: None,
+                               reopen)
+    if record is None:
+      return (b"", np.int64(-1)) + tuple(
+          b"" if key == "file_name" else np.zeros(num_classes, np.uint8) for key in extras)
     out = [record["image"], np.int64(record[label_key])]
     for key in extras:
       value = record[key]
@@ -305,27 +355,23 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
   if "real_label" in extras:  # a variable-length list (TFDS's Sequence(ClassLabel))
     spec["real_label"] = tf.io.VarLenFeature(tf.int64)
 
-  # An unreadable record stands in as an empty image, which fails to decode downstream, so
-  # the train pipeline drops that one example (ignore_errors), not its whole read batch.
+  # A record that could not be read (past every retry: read_with_retries) stands in as an
+  # empty image until the iterator stops the run (check_reads).
   unreadable = tf.train.Example(features=tf.train.Features(feature={
       "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b""])),
       label_key: tf.train.Feature(int64_list=tf.train.Int64List(value=[-1]))}))
   unreadable = unreadable.SerializeToString()
+  failures: list[str] = []
 
-  def read_one(index):
-    try:
-      return raw_source[index]
-    except Exception as e:  # any reader error: the index is what the log needs
-      logging.warning("%s/%s: record %d is unreadable (%s: %s)", name, split, index,
-                      type(e).__name__, e)
-      return unreadable
+  def reopen():
+    opened[:] = open_sources()
 
   def read_raw(indices):
     indices = indices.tolist()
-    try:
-      records = raw_source.__getitems__(indices)
-    except Exception:  # find the bad record(s): read this batch one record at a time
-      records = [read_one(i) for i in indices]
+    records = read_with_retries(
+        lambda: opened[1].__getitems__(indices),
+        f"{len(indices)} records of {name}/{split} (indices {indices[0]}, ...)", failures,
+        lambda: [unreadable] * len(indices), reopen)
     return np.array(records, dtype=object)
 
   def fetch_batch(indices):
@@ -343,7 +389,7 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
 
   return Source(name, split, num_examples, num_classes, channels, True, fetch,
                 tuple(label_feature.names), fetch_batch=fetch_batch, read_batch=READ_BATCH,
-                extras=tuple(extras))
+                extras=tuple(extras), read_failures=failures)
 
 
 # ---------------------------------------------------------------------------
