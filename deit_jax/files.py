@@ -12,7 +12,8 @@ log line by line, flushed. A ``gs://`` object cannot be appended to: TensorFlow'
 filesystem uploads the whole file on every flush (its writable file keeps a local copy and
 ``Flush`` calls ``Sync``, tensorflow/tsl ``gcs_file_system.cc``), and GCS answers a second
 write to one object within about a second with 429, which TF retries with backoff: a
-flush per line cost a step ~3 s at one line per step (docs/launch.md). So on ``scheme://``
+flush per line cost the step seconds per line at one line per step (docs/performance.md,
+"Reading from a bucket"). So on ``scheme://``
 paths ``AppendLog`` hands lines to a background thread that uploads the log at most every
 ``REMOTE_INTERVAL_S``: a line never waits for the bucket, and the log in the bucket is
 current to within that interval.

@@ -7,15 +7,18 @@ Runs every documented step of a v4-32 run as written, with local stand-ins for w
 pod has: the check that the config fits the slice (``deit_jax.bench.pod_compile``, real TPU
 programs compiled by libtpu on this CPU) -> a miniature ILSVRC2012 in the official tar
 layout (JPEGs cut from real sample photographs) -> ``python -m deit_jax.data.prepare`` into
-a directory standing for the bucket -> RegNetY-16GF teacher weights converted and its logits
+a directory standing for the bucket -> ``python -m deit_jax.data.stage`` of it onto a local
+disk, as each host does -> RegNetY-16GF teacher weights converted and its logits
 precomputed on several processes -> ``configs/deit_tiny.py`` as shipped (global batch 1024,
 batch_groups, repeated augmentation, hard distillation) on ``--processes`` local processes
 with ``--devices`` CPU devices each (4 x 4 = the 16 chips of a v4-32 on its 4 hosts) ->
 SIGTERM to one process: every process stops at the same step with one checkpoint -> the same
-command again resumes and finishes -> ``evaluate`` -> ``export``. Only the data location,
-the step count and gradient accumulation (the same maths in micro-batches, to fit this
-machine's memory) differ from the documented commands. The teacher's weights are random (the
-official file cannot be downloaded here), saved in the official file's layout.
+command again resumes and finishes -> ``evaluate`` (of the staged copy) -> ``export``.
+Training reads the bucket itself, so that the array_record client's path is exercised
+too. Only the data location, the step count and gradient accumulation (the same maths in
+micro-batches, to fit this machine's memory) differ from the documented commands. The
+teacher's weights are random (the official file cannot be downloaded here), saved in the
+official file's layout.
 
 With ``--bucket=standin`` the bucket is ``gs://deit-rehearsal`` served by the GCS stand-in
 (``deit_jax.bench.gcs_standin``, objects under ``<work>/standin``): every command reaches it
@@ -284,6 +287,11 @@ class Rehearsal:
             py, "-m", "deit_jax.data.prepare", "--dataset=imagenet2012",
             f"--manual_dir={manual}", f"--data_dir={self.data_dir}",
             f"--local_dir={os.path.join(self.work, 'local_tfds')}"]) and None)
+    staged = os.path.join(self.work, "host_tfds")  # a host's local copy (docs/launch.md 5.)
+    self.stage("2b stage onto a host's disk", os.path.exists(os.path.join(
+        staged, "imagenet2012")), lambda: self.run("stage", [
+            py, "-m", "deit_jax.data.stage", "--dataset=imagenet2012",
+            f"--data_dir={self.data_dir}", f"--local_dir={staged}"]) and None)
     weights = os.path.join(self.work, f"{a.teacher}-official-layout.pth")
     self.stage("3a teacher weights (random, official layout)", os.path.exists(weights),
                lambda: save_teacher_weights(weights, a.teacher))
@@ -302,7 +310,8 @@ class Rehearsal:
     self.stage("5 the same command again: resume", self.checkpoint_steps()[-1:] == [a.steps],
                self.resumed_training)
     report = os.path.join(self.work, "evaluate.json")
-    self.stage("6 evaluate", os.path.exists(report), lambda: self._evaluate(report))
+    self.stage("6 evaluate (the staged copy)", os.path.exists(report),
+               lambda: self._evaluate(report, staged))
     exported = files.join(self.bucket, "export", "deit_tiny.safetensors")
     self.stage("7 export", files.exists(exported), lambda: self.run("export", [
         py, "-m", "deit_jax.export", self.workdir, f"--out={exported}"]) and None)
@@ -358,11 +367,11 @@ class Rehearsal:
             f"{train['capacity_bytes'] / 2 ** 30:.0f} GiB per chip, compiled in "
             f"{train['compile_s']:.0f} s)")
 
-  def _evaluate(self, report: str) -> str:
+  def _evaluate(self, report: str, data_dir: str) -> str:
     a = self.args
     text = self.run("evaluate", [sys.executable, "-m", "deit_jax.evaluate",
                                  f"--config={a.config}", f"--checkpoint={self.workdir}",
-                                 f"--config.data_dir={self.data_dir}", "--json",
+                                 f"--config.data_dir={data_dir}", "--json",
                                  *[f"--config.{kv}" for kv in a.smaller]])
     result = json.loads(text.strip().splitlines()[-1])
     with open(report, "w") as f:

@@ -28,6 +28,11 @@ subcommands:
               --repo to ~/deit-jax on every worker, install deit_jax[EXTRAS] there with
               launch/setup.sh (versions pinned by launch/constraints.txt) and print
               jax.device_count() from every worker
+  stage       copy the prepared dataset from --data-dir (the bucket) to --local-data-dir on
+              every worker under nohup ('python -m deit_jax.data.stage'), log in
+              ~/deit-jax/logs/stage_<hostname>.log; train then reads the local copy (the
+              bucket feeds a few percent of the step rate: docs/data.md); running it again
+              finishes an interrupted copy
   precompute  start 'python -m deit_jax.teacher precompute --multihost' on every worker
               under nohup: the teacher --teacher over the train split into --logits, log in
               ~/deit-jax/logs/precompute_<hostname>.log; running it again resumes (finished
@@ -57,6 +62,9 @@ options (environment fallback, default):
                                            (gcloud alpha, --autocheckpoint-enabled)
   --bucket B         DEIT_TPU_BUCKET       GCS bucket for data and runs (train; B or gs://B)
   --data-dir DIR     DEIT_TPU_DATA_DIR     gs://B/tensorflow_datasets (the trainer's TFDS_DATA_DIR)
+  --local-data-dir D DEIT_TPU_LOCAL_DATA_DIR  stage: where each worker keeps its copy; train:
+                                           read it instead of --data-dir (unset: the bucket)
+  --dataset NAME     DEIT_TPU_DATASET      imagenet2012 (stage: the TFDS dataset to copy)
   --config FILE      DEIT_TPU_CONFIG       configs/deit_base.py (path inside the repository;
                                            precompute: configs/regnety_160_teacher.py
                                            unless --config is given)
@@ -82,6 +90,7 @@ EOF
 name=${DEIT_TPU_NAME:-} zone=${DEIT_TPU_ZONE:-} project=${DEIT_TPU_PROJECT:-}
 accelerator=${DEIT_TPU_ACCELERATOR:-v4-32} version=${DEIT_TPU_VERSION:-}
 bucket=${DEIT_TPU_BUCKET:-} data_dir=${DEIT_TPU_DATA_DIR:-} workdir=${DEIT_TPU_WORKDIR:-}
+local_data_dir=${DEIT_TPU_LOCAL_DATA_DIR:-} dataset=${DEIT_TPU_DATASET:-imagenet2012}
 config=${DEIT_TPU_CONFIG:-configs/deit_base.py} repo=${DEIT_TPU_REPO:-} ref=${DEIT_TPU_REF:-}
 python=${DEIT_TPU_PYTHON:-python3.11} extras=${DEIT_TPU_EXTRAS:-tpu}
 worker=${DEIT_TPU_WORKER:-0} teacher=${DEIT_TPU_TEACHER:-} logits=${DEIT_TPU_LOGITS:-}
@@ -95,7 +104,7 @@ truthy "${DEIT_TPU_INTERNAL_IP:-}" && internal_ip=1
 truthy "${DEIT_TPU_DRY_RUN:-}" && dry_run=1
 
 value_options=" name zone project accelerator version bucket data_dir config workdir env "
-value_options+="repo ref python extras worker teacher logits stop_timeout "
+value_options+="repo ref python extras worker teacher logits stop_timeout local_data_dir dataset "
 subcommand="" extra_env=() passthrough=()
 while [[ $# -gt 0 ]]; do
   arg=$1
@@ -136,9 +145,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-subcommands="create, setup, precompute, train, logs, ssh, stop, status or delete"
+subcommands="create, setup, stage, precompute, train, logs, ssh, stop, status or delete"
 case $subcommand in
-  create | setup | precompute | train | logs | ssh | stop | status | delete) ;;
+  create | setup | stage | precompute | train | logs | ssh | stop | status | delete) ;;
   "") die "missing subcommand: $subcommands (see --help)" ;;
   *) die "unknown subcommand '$subcommand': use $subcommands" ;;
 esac
@@ -191,8 +200,8 @@ agent_hint() {
 # Matches the jobs (".venv/bin/python -m deit_jax.main ..." or "... -m deit_jax.teacher
 # precompute ...") but not the remote shell running these commands, whose command line
 # starts with "bash".
-jobs="'^[^ ]*python[^ ]* -m deit_jax[.](main|teacher) '"
-alive_cmd="if p=\$(pgrep -af $jobs); then echo ALIVE:\$(hostname) \$(echo \"\$p\" | grep -o ' deit_jax[.][a-z]*' | head -n 1)"
+jobs="'^[^ ]*python[^ ]* -m deit_jax[.](main|teacher|data[.]stage) '"
+alive_cmd="if p=\$(pgrep -af $jobs); then echo ALIVE:\$(hostname) \$(echo \"\$p\" | grep -o ' deit_jax[.][a-z.]*' | head -n 1)"
 alive_cmd+="; else echo idle:\$(hostname); fi"
 
 create() {
@@ -282,8 +291,19 @@ train() {
     die "missing --bucket (or DEIT_TPU_BUCKET), or both --data-dir and --workdir"
   [[ $workdir == gs://* ]] ||
     die "--workdir must be gs://...: every worker writes the same checkpoints, and preemption loses the VM's disk"
+  local read=()
+  [[ -z $local_data_dir ]] || read=(--config.data_dir="$local_data_dir")  # the staged copy
   launch train deit_jax.main "$(quote_all --config="$config" --workdir="$workdir" --multihost \
-    "${passthrough[@]}")"
+    "${read[@]}" "${passthrough[@]}")"
+}
+
+stage() {
+  bucket_defaults
+  [[ -n $data_dir ]] || die "missing --bucket (or DEIT_TPU_BUCKET), or --data-dir"
+  [[ -n $local_data_dir && $local_data_dir != *://* ]] ||
+    die "missing --local-data-dir (or DEIT_TPU_LOCAL_DATA_DIR): a directory on each worker's disk or RAM (/dev/shm/...)"
+  launch stage deit_jax.data.stage "$(quote_all --dataset="$dataset" --data_dir="$data_dir" \
+    --local_dir="$local_data_dir" "${passthrough[@]}")"
 }
 
 precompute() {
@@ -353,12 +373,13 @@ launch() {
 }
 
 case $subcommand in
-  setup | precompute | train | stop | status) agent_hint ;;
+  setup | stage | precompute | train | stop | status) agent_hint ;;
   logs | ssh) [[ $worker != all ]] || agent_hint ;;
 esac
 case $subcommand in
   create) create ;;
   setup) setup ;;
+  stage) stage ;;
   precompute) precompute ;;
   train) train ;;
   logs)

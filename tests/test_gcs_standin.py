@@ -149,8 +149,9 @@ def test_knobs_latency_faults_and_write_rate(standin):
 
 def test_remote_log_never_waits_for_the_bucket(standin, monkeypatch):
   """GCS takes about one write per second per object; a log line per step must not pay
-  for it (a flush per line cost ~3 s a line here before, docs/launch.md). Lines return at
-  once, the bucket's copy is current within the interval, close leaves every line."""
+  for it (a flush per line did: docs/performance.md, "Reading from a bucket"). Lines
+  return at once, the bucket's copy is current within the interval, close leaves every
+  line."""
   standin.configure(write_interval_s=1.0)
   monkeypatch.setattr(files, "REMOTE_INTERVAL_S", 0.5)
   path = f"gs://{BUCKET}/run/train.log"

@@ -176,6 +176,22 @@ def test_precompute_starts_the_teacher_on_every_worker():
           "TFDS_DATA_DIR=gs://c/d"} <= set(words)
 
 
+def test_stage_copies_the_dataset_on_every_worker_and_train_reads_it():
+  _, check, start = _dry("stage", *BASE, "--bucket=b", "--local-data-dir=/dev/shm/tfds")
+  assert "ALIVE:$(hostname)" in _remote(check) and "--worker=all" in start
+  words = shlex.split(_remote(start))
+  i = words.index("deit_jax.data.stage")
+  assert words[i - 3:i + 5] == [
+      "nohup", ".venv/bin/python", "-m", "deit_jax.data.stage", "--dataset=imagenet2012",
+      "--data_dir=gs://b/tensorflow_datasets", "--local_dir=/dev/shm/tfds", ">>"]
+  assert "log=logs/stage_$(hostname).log;" in words
+  words = shlex.split(_remote(_dry("train", *BASE, "--bucket=b",
+                                   env=_env(DEIT_TPU_LOCAL_DATA_DIR="/dev/shm/tfds"))[2]))
+  assert "--config.data_dir=/dev/shm/tfds" in words
+  p = _run(TPU, "stage", *BASE, "--bucket=b", "--dry-run", check=False)
+  assert p.returncode == 2 and "missing --local-data-dir" in p.stderr
+
+
 @pytest.mark.parametrize("args, expected", [
     (["logs"], ["--worker=0"]),
     (["logs", "--worker=3"], ["--worker=3"]),

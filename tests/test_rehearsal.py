@@ -55,8 +55,9 @@ def test_pod_path_rehearsal_smaller_form(tmp_path):
           for stage, clients in requests.items()}
   assert "tensorflow" in used["2"]  # prepare's copy into the bucket
   assert {"array_record", "tensorstore", "google-cloud-storage", "tensorflow"} <= used["4"]
-  assert {"array_record", "tensorstore"} <= used["5"] and "array_record" in used["6"]
+  assert {"array_record", "tensorstore"} <= used["5"] and "tensorflow" in used["2b"]
+  assert "6" in used and "array_record" not in used["6"]  # evaluate read the staged copy
   assert re.search(r"total\s+\d+ s", out)
   # Run again, it finds every stage done (an interrupted rehearsal continues).
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 0 and again.stdout.count("already done") == 9, again.stdout
+  assert again.returncode == 0 and again.stdout.count("already done") == 10, again.stdout

@@ -12,6 +12,8 @@ Builds ``--images`` JPEGs cut from real photographs (~500x375, as
   ``deit_jax.data.sources``) from the bucket and from the local disk: records/s at each
   ``--latencies_ms`` per request, requests per record, bytes on the wire per record against
   the record's own size, connections;
+* **staging**: ``deit_jax.data.stage`` of the whole dataset from the bucket at each
+  latency (after which the reads are local);
 * **checkpoint**: one save of a DeiT-Ti-sized train state (parameters and AdamW's two
   moments) with the trainer's ``TrainCheckpoints``: requests and bytes per client, and the
   last writes of the save (how orbax commits a step on GCS);
@@ -96,6 +98,28 @@ def record_figures(standin, builder_dir: str, local_dir: str, latencies, seconds
   return figures
 
 
+def staging_figures(standin, remote_dir: str, dataset: str, latencies) -> dict:
+  """``deit_jax.data.stage`` of the whole dataset at each latency: seconds, MB/s, requests,
+  and bytes on the wire against the dataset's."""
+  from deit_jax.data import stage
+  figures = {}
+  for latency in latencies:
+    standin.configure(latency_s=latency / 1e3)
+    standin.reset_stats()
+    with tempfile.TemporaryDirectory() as local:
+      start = time.time()
+      stage.stage(dataset, data_dir=remote_dir, local_dir=local, say=lambda _: None)
+      seconds = time.time() - start
+      size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(local)
+                 for f in names)
+    c = _client(standin, "tensorflow")
+    figures[f"{latency}ms"] = {"seconds": seconds, "mb_per_sec": size / 1e6 / seconds,
+                               "requests": c.get("requests", 0),
+                               "wire_over_data": c.get("bytes_sent", 0) / size}
+  standin.configure(latency_s=0.0)
+  return figures
+
+
 def checkpoint_figures(standin) -> dict:
   """One save of a DeiT-Ti-sized train state (after a first one): requests and bytes per
   client, and the save's last writes."""
@@ -165,12 +189,14 @@ def main() -> int:
       StandIn(max_requests=args.max_requests) as standin:
     make_image_folder(root, args.images)
     builder = make_array_record_dataset(root, os.path.join(root, "tfds"))
-    local_dir = str(builder.data_dir)
-    copy_tree(local_dir, standin, "tfds")
+    local_dir = str(builder.data_dir)  # <root>/tfds/<name>/<version>
+    copy_tree(os.path.join(root, "tfds"), standin, "tfds")
     standin.activate()
-    remote_dir = f"gs://{BUCKET}/tfds"
+    remote_root = f"gs://{BUCKET}/tfds"
+    remote_dir = remote_root + local_dir[len(os.path.join(root, "tfds")):]
     figures = {"records": record_figures(standin, remote_dir, local_dir, latencies,
                                          args.seconds, args.threads),
+               "staging": staging_figures(standin, remote_root, builder.name, latencies),
                "checkpoint": checkpoint_figures(standin),
                "log_line": log_line_figures(standin)}
   if args.json:
@@ -186,6 +212,11 @@ def main() -> int:
           f"({x['of_local']:.0%} of local)  {x['requests']} requests on "
           f"{x['connections']} connections, {x['bytes_per_request'] / 1e3:.0f} KB sent per "
           f"request = {x['wire_over_record']:.1f}x the mean record")
+  for latency in latencies:
+    x = figures["staging"][f"{latency}ms"]
+    print(f"  staged, {latency:3.0f} ms/request: the dataset in {x['seconds']:.1f} s "
+          f"({x['mb_per_sec']:.0f} MB/s, {x['requests']} requests, "
+          f"{x['wire_over_data']:.2f}x its bytes on the wire), then read at the local rate")
   c = figures["checkpoint"]
   print(f"checkpoint: one save of {c['state_bytes'] / 1e6:.0f} MB ({c['objects']} objects) "
         f"in {c['seconds']:.1f} s:")
