@@ -94,6 +94,8 @@ def test_persistent_fault_stops_every_process_with_one_line(bucket, tmp_path):
 
   for p, _, err in train(2, processes=1):  # steps 1-2 (resumed below on 2 processes)
     assert p.returncode == 0, err[-3000:]
+  metrics = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+  assert metrics["step"] == 2 and metrics["input_skipped"] in (0, 1)  # the corrupt JPEG
   standin.configure(faults=[Fault("403", match="array_record")])  # every record read
   results = train(4, processes=2)
   standin.configure(faults=[])

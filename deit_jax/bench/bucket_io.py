@@ -91,6 +91,7 @@ def record_figures(standin, builder_dir: str, local_dir: str, latencies, seconds
         "records_per_sec": rate.per_sec,
         "of_local": rate.per_sec / figures["local"]["records_per_sec"],
         "requests": c.get("requests", 0), "connections": c.get("connections", 0),
+        "max_in_flight": c.get("max_in_flight", 0),
         "bytes_per_request": c.get("bytes_sent", 0) / reads,
         "wire_over_record": c.get("bytes_sent", 0) / reads / figures["mean_record_bytes"],
         "requests_per_record_est": c.get("requests", 0) / max(1.0, records)}
@@ -210,7 +211,8 @@ def main() -> int:
     x = r[f"{latency}ms"]
     print(f"  bucket, {latency:3.0f} ms/request {x['records_per_sec']:8.0f} records/s "
           f"({x['of_local']:.0%} of local)  {x['requests']} requests on "
-          f"{x['connections']} connections, {x['bytes_per_request'] / 1e3:.0f} KB sent per "
+          f"{x['connections']} connections, up to {x['max_in_flight']} at once, "
+          f"{x['bytes_per_request'] / 1e3:.0f} KB sent per "
           f"request = {x['wire_over_record']:.1f}x the mean record")
   for latency in latencies:
     x = figures["staging"][f"{latency}ms"]

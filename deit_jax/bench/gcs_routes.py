@@ -190,6 +190,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
     if self.client is None:  # a connection's first request names its client
       self.client = client_of(self.headers.get("User-Agent", ""), self.tunnelled)
       self._count("connections")
+    stats = self.standin.stats
+    with stats.lock:  # requests in flight, and the most at once, per client
+      counter = stats.per_client[self.client]
+      counter["in_flight"] += 1
+      counter["max_in_flight"] = max(counter["max_in_flight"], counter["in_flight"])
+    try:
+      self._serve()
+    finally:
+      with stats.lock:
+        stats.per_client[self.client]["in_flight"] -= 1
+
+  def _serve(self):
     body = self._read_body() if self.command in ("POST", "PUT", "PATCH") else b""
     if not self._begin():
       return
@@ -380,10 +392,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     upload["data"] += body
     total = m.group(4) if m else str(len(upload["data"]))
     if total != "*" and len(upload["data"]) >= int(total):
-      with s.lock:
-        s.uploads.pop(upload_id, None)
-      return self._store(upload["bucket"], upload["name"], bytes(upload["data"]),
-                         upload["query"])
+      self._store(upload["bucket"], upload["name"], bytes(upload["data"]), upload["query"])
+      if self._object is not None:  # stored; after a 412 or 429 the session stays, as on GCS
+        with s.lock:
+          s.uploads.pop(upload_id, None)
+      return
     headers = {"Range": f"bytes=0-{len(upload['data']) - 1}"} if upload["data"] else {}
     return self._send(308, b"", headers)
 
