@@ -127,3 +127,19 @@ ENTRY %main (a: f32[4,8], b: bf16[16]) -> (f32[8,4], bf16[16], f32[2]) {
   assert stats["transposes"] == 1 and stats["transposes_bytes"] == 128
   assert stats["copies"] == 1 and stats["copies_bytes"] == 128
   assert stats["async_copies"] == 1 and stats["custom_calls"] == {"ConcatBitcast": 1}
+
+
+def test_pod_table_per_host_columns():
+  """The pod table's per-host feed: images/s over the slice's hosts (4 chips each), the
+  input cores at the given images per CPU-second, and the MB/s of ~110 KB records."""
+  from deit_jax.bench import pod_table
+  cell = {"model": "deit_base_distilled_patch16_224", "batch_size": 1024, "chips": 16,
+          "remat": False, "search": [],
+          "steps": {"train": {"memory_bytes": {"total": 2 ** 33, "temporaries": 2 ** 32,
+                                               "of_arguments_batch": 2 ** 28},
+                              "capacity_bytes": 2 ** 35, "estimated_step_s": 0.0884,
+                              "estimated_images_per_s": 11586.0, "estimated_mfu": 0.28}}}
+  row = pod_table.table({("configs/deit_base.py", "v4-32"): cell}, 182.0).splitlines()[-1]
+  assert row.endswith("| 28% | 4 | 2,896 | 16 | 319 |"), row
+  empty = pod_table.table({("configs/deit_base.py", "v4-32"): None}).splitlines()[-1]
+  assert empty.count("...") == 10

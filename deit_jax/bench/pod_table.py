@@ -1,6 +1,9 @@
 """The TPU table of docs/tpu.md: each recipe config x each TPU slice, compiled on this
 machine by ``deit_jax.bench.pod_compile`` (the train step's per-chip HBM at the recipe
-batch, the largest per-chip batch with and without remat, ESTIMATED step time and MFU).
+batch, the largest per-chip batch with and without remat, ESTIMATED step time and MFU),
+and what each host must feed at that rate: images/s, the cores the full augmentation needs
+at its measured rate per CPU-second (``--input_images_per_cpu_s``, docs/performance.md),
+and the MB/s its records would take from a bucket (ImageNet's mean JPEG, ~110 KB).
 
     python -m deit_jax.bench.pod_table [--cache=pod_table.jsonl] [--search=false]
         [--configs=configs/deit_tiny.py,...] [--topologies=v4-32,v5e-64,v5p-128]
@@ -21,6 +24,8 @@ from absl import flags
 
 from deit_jax.bench import pod_compile
 
+CHIPS_PER_HOST = 4  # as the compiles assume (pod_compile: chips_per_host_bounds (2, 2, 1))
+MEAN_RECORD_BYTES = 110e3  # ImageNet's mean training JPEG
 CONFIGS = ("configs/deit_tiny.py", "configs/deit_small.py", "configs/deit_base.py",
            "configs/deit_base_384_finetune.py")
 TOPOLOGIES = ("v4-32", "v5e-64", "v5p-128")
@@ -41,9 +46,9 @@ def one_compile_largest_batch(train: dict, per_chip: float) -> float:
   return (train["capacity_bytes"] - (m["total"] - varying)) / (varying / per_chip)
 
 
-def _cell(r: dict | None) -> list[str]:
+def _cell(r: dict | None, images_per_cpu_s: float) -> list[str]:
   if r is None:
-    return ["..."] * 6
+    return ["..."] * 10
   train = r["steps"]["train"]
   if "memory_bytes" not in train:
     memory = "does not fit"
@@ -60,20 +65,26 @@ def _cell(r: dict | None) -> list[str]:
   else:
     batches = "-"
   step = train.get("estimated_step_s")
+  hosts = max(1, r["chips"] // CHIPS_PER_HOST)
+  per_host = train["estimated_images_per_s"] / hosts if step else None
   return [f"{r['batch_size']} ({r['batch_size'] // r['chips']})", memory, batches,
           f"{1e3 * step:.0f} ms" if step else "-",
           f"{train['estimated_images_per_s']:,.0f}" if step else "-",
-          f"{100 * train['estimated_mfu']:.0f}%" if step else "-"]
+          f"{100 * train['estimated_mfu']:.0f}%" if step else "-", str(hosts),
+          f"{per_host:,.0f}" if step else "-",
+          f"{per_host / images_per_cpu_s:.0f}" if step else "-",
+          f"{per_host * MEAN_RECORD_BYTES / 1e6:,.0f}" if step else "-"]
 
 
-def table(results: dict) -> str:
+def table(results: dict, images_per_cpu_s: float = 182.0) -> str:
   head = ["model", "slice", "batch (per chip)", "HBM per chip at that batch",
           "largest batch per chip (no remat / remat)", "est. step", "est. images/s",
-          "est. MFU"]
+          "est. MFU", "hosts", "images/s per host", "input cores per host",
+          "MB/s per host from a bucket"]
   rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for (path, topology), r in results.items():
     model = r["model"] if r else os.path.basename(path)
-    rows.append("| " + " | ".join([model, topology] + _cell(r)) + " |")
+    rows.append("| " + " | ".join([model, topology] + _cell(r, images_per_cpu_s)) + " |")
   return "\n".join(rows)
 
 
@@ -82,6 +93,8 @@ def main(argv=None) -> int:
   flags.DEFINE_list("configs", list(CONFIGS), "config files (rows)")
   flags.DEFINE_list("topologies", list(TOPOLOGIES), "Cloud TPU accelerator types (columns)")
   flags.DEFINE_bool("search", True, "search the largest batch (most of the compiles)")
+  flags.DEFINE_float("input_images_per_cpu_s", 182.0, "the full train augmentation's rate "
+                     "per CPU-second (measured: docs/performance.md, 'Host input')")
   FLAGS = flags.FLAGS
   FLAGS(argv or sys.argv)
   done = {}
@@ -101,7 +114,7 @@ def main(argv=None) -> int:
     results[(path, topology)] = r
     with open(FLAGS.cache, "a") as f:
       f.write(json.dumps({"config": path, "topology": topology, "result": r}) + "\n")
-  print(table(results), flush=True)
+  print(table(results, FLAGS.input_images_per_cpu_s), flush=True)
   return 0
 
 
