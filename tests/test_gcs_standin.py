@@ -176,3 +176,34 @@ def test_remote_log_never_waits_for_the_bucket(standin, monkeypatch):
   again.close()
   assert standin.get(BUCKET, "run/train.log").decode().splitlines()[-2:] == ["last",
                                                                              "resumed"]
+
+
+def test_command_line_serves_until_its_bound(tmp_path):
+  """``python -m deit_jax.bench.gcs_standin``: writes the exports, serves (objects kept in
+  --dir), answers its control routes, and stops by itself after --max_seconds."""
+  import re
+  import subprocess
+  import sys
+  env_file = tmp_path / "standin.env"
+  proc = subprocess.Popen([sys.executable, "-m", "deit_jax.bench.gcs_standin",
+                           f"--dir={tmp_path / 'bucket'}", f"--env_file={env_file}",
+                           "--max_seconds=4", "--latency_ms=1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + 15
+    while not env_file.exists():
+      assert time.time() < deadline and proc.poll() is None, proc.stdout.read()
+      time.sleep(0.1)
+    url = re.search(r"CLOUD_STORAGE_EMULATOR_ENDPOINT=(\S+)", env_file.read_text()).group(1)
+    assert url.startswith("http://127.0.0.1:")
+    request = urllib.request.Request(
+        f"{url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name=a%2Fb", data=b"xyz",
+        method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as r:
+      assert json.loads(r.read())["size"] == "3"
+    assert Remote(url).stats()["routes"]["upload"] == 1
+    assert (tmp_path / "bucket" / "objects" / BUCKET / "a%2Fb").read_bytes() == b"xyz"
+    assert proc.wait(timeout=30) == 0  # --max_seconds
+  finally:
+    proc.kill()
