@@ -122,12 +122,20 @@ def model_from_config(config) -> Model:
   return model
 
 
+def warmup_steps(opt, steps_per_epoch: int) -> int:
+  """``optimizer.warmup_steps`` when it is 0 or more (0: no warm-up), else (-1 or None)
+  ``optimizer.warmup_epochs`` of ``steps_per_epoch``."""
+  steps = opt.get("warmup_steps")
+  if steps is not None and steps >= 0:
+    return int(steps)
+  return int(round(opt.warmup_epochs * steps_per_epoch))
+
+
 def optimizer_from_config(config, model: Model, *, steps_per_epoch: int, total_steps: int):
   """(tx, schedule, base lr): ``optimizer.lr`` is per ``lr_scale_batch`` examples."""
   opt = config.optimizer
   base_lr = opt.lr * config.batch_size / config.lr_scale_batch
-  warmup = opt.warmup_steps if opt.warmup_steps >= 0 else 0
-  warmup = warmup or int(round(opt.warmup_epochs * steps_per_epoch))
+  warmup = warmup_steps(opt, steps_per_epoch)
   tx, schedule = build_optimizer(model, lr=base_lr, total_steps=total_steps,
                                  warmup_steps=warmup, warmup_lr=opt.warmup_lr,
                                  min_lr=opt.min_lr, weight_decay=opt.weight_decay, b1=opt.b1,

@@ -19,6 +19,15 @@ such an error is the user's input; its message names the path.
 from __future__ import annotations
 
 
+def some(names, limit: int = 8) -> str:
+  """``names`` for a one-line error: the first ``limit`` joined by commas, then how many
+  there are in all (a folder listed in an error may hold thousands of entries)."""
+  names = [str(n) for n in names]
+  if len(names) <= limit:
+    return ", ".join(names)
+  return f"{', '.join(names[:limit])}, ... ({len(names)} in all)"
+
+
 class UserError(Exception):
   """A mistake in the command, the config or an input file: one line, exit code 2."""
 

@@ -72,3 +72,16 @@ def test_sgd_matches_pytorch_nesterov_with_coupled_weight_decay():
     reference.step()
   np.testing.assert_allclose(ours["kernel"], kernel.detach().numpy(), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(ours["bias"], bias.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_warmup_steps_zero_means_none_and_minus_one_means_epochs():
+  from ml_collections import ConfigDict
+
+  from deit_jax import builder
+  opt = lambda steps: ConfigDict({"warmup_steps": steps, "warmup_epochs": 5.0})  # noqa: E731
+  assert builder.warmup_steps(opt(0), steps_per_epoch=100) == 0
+  assert builder.warmup_steps(opt(7), steps_per_epoch=100) == 7
+  assert builder.warmup_steps(opt(-1), steps_per_epoch=100) == 500
+  assert builder.warmup_steps(ConfigDict({"warmup_steps": None, "warmup_epochs": 0.5}),
+                              steps_per_epoch=100) == 50
+

@@ -228,6 +228,12 @@ def test_image_folder_errors(tmp_path):
     sources.open_source(f"imagefolder:{tmp_path}", "train")
   with pytest.raises(sources.DatasetError, match="has no split 'val'.*found: train"):
     sources.open_source(f"imagefolder:{tmp_path}", "val")
+  for i in range(300):  # a crowded folder (a shared /tmp): the error names a few, and counts
+    (tmp_path / f"run_{i:03d}").mkdir()
+  with pytest.raises(sources.DatasetError) as error:
+    sources.open_source(f"imagefolder:{tmp_path}", "val")
+  assert "found: run_000, run_001, " in str(error.value) and "(301 in all)" in str(error.value)
+  assert len(str(error.value)) < 300
 
 
 def test_missing_manual_files_are_named(tmp_path):

@@ -38,7 +38,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deit_jax.data import fashion_mnist
-from deit_jax.errors import DatasetError, StorageError
+from deit_jax.errors import DatasetError, StorageError, some
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IN_MEMORY_LIMIT_BYTES = 2 << 30
@@ -231,7 +231,7 @@ def _check_split(builder, split: str, name: str) -> int:
   splits = builder.info.splits
   if split not in splits:
     raise DatasetError(f"{name} has no split {split!r} (available: "
-                       f"{', '.join(sorted(splits.keys()))})")
+                       f"{some(sorted(splits.keys()))})")
   return splits[split].num_examples
 
 
@@ -248,7 +248,7 @@ def from_builder(builder, split: str, *, name: str | None = None,
   missing = [k for k in (label_key, *extras) if k not in features]
   if missing:
     raise DatasetError(f"{name} has no {', '.join(missing)} feature (it has "
-                       f"{', '.join(sorted(features.keys()))})")
+                       f"{some(sorted(features.keys()))})")
   image_feature = features["image"]
   label_feature = features[label_key]
   shape = tuple(image_feature.shape)
@@ -408,7 +408,7 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
   splits = [s.rstrip("/") for s in splits]
   if split not in splits:
     raise DatasetError(f"image folder {root} has no split {split!r} (found: "
-                       f"{', '.join(splits) or 'no sub-folders'}; expected "
+                       f"{some(splits) or 'no sub-folders'}; expected "
                        f"<root>/<split>/<class>/<image>)")
 
   def classes_of(s):
