@@ -3,14 +3,15 @@ and ImageNet-V2 (matched frequency in the paper), with its size, image size and,
 asked, inference throughput.
 
     python -m deit_jax.table5 --config=configs/<file>.py --checkpoint=PATH \\
-        --real_labels=real.json | --real_labels=imagenet2012_real \\
+        [--real_labels=real.json | --real_labels=imagenet2012_real] \\
         [--v2=imagenet_v2/matched-frequency | --v2=imagefolder:ROOT --v2_split=FOLDER] \\
         [--throughput [--throughput_batch_size=auto]] [--ema | --best] [--json]
 
 ImageNet and ReaL come from one pass over the validation images: the config's dataset
 (TFDS ``imagenet2012`` or an image folder of the validation files) with the sets of
 ``real.json`` looked up by file name, or TFDS ``imagenet2012_real`` (its records carry the
-original label and the set). ImageNet-V2 is a second pass: a TFDS ``imagenet_v2`` config
+original label and the set); without ``--real_labels`` the row has no ReaL column (it
+says so). ImageNet-V2 is a second pass: a TFDS ``imagenet_v2`` config
 (split ``test``) or the extracted folders ``0`` ... ``999`` as ``imagefolder:`` (classes
 by number). Each column is ``deit_jax.evaluate`` of that split: the head average for a
 distilled model, as the paper reports, with each head's figure in the JSON. The paper's
@@ -33,7 +34,6 @@ from absl import flags
 
 from deit_jax import checkpoint, cli, evaluate
 from deit_jax.data import real_labels
-from deit_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 _ARCH_TYPES = (bool, int, float)
@@ -50,12 +50,11 @@ def throughput(info: dict, batch_size: str) -> dict:
 
 
 def run_cli(config) -> dict:
-  if not FLAGS.real_labels:
-    raise UserError("--real_labels: the real.json file (github.com/google-research/"
-                        "reassessed-imagenet) or imagenet2012_real (the TFDS dataset)")
   path = checkpoint.best_directory(FLAGS.checkpoint) if FLAGS.best else FLAGS.checkpoint
   loaded = evaluate.load(config, path, ema=FLAGS.ema)
-  if real_labels.is_real_dataset(FLAGS.real_labels):
+  if not FLAGS.real_labels:  # the columns it can: ReaL is marked as not given
+    imagenet = evaluate.evaluate_split(config, loaded, FLAGS.split or config.eval_split)
+  elif real_labels.is_real_dataset(FLAGS.real_labels):
     imagenet = evaluate.evaluate_split(config, loaded, "validation", dataset=FLAGS.real_labels)
   else:
     imagenet = evaluate.evaluate_split(config, loaded, FLAGS.split or config.eval_split,
@@ -65,7 +64,7 @@ def run_cli(config) -> dict:
   row = dict(model=info["name"], checkpoint=info["path"], step=info["step"],
              image_size=config.aug.image_size,
              params=int(sum(np.size(x) for x in jax.tree.leaves(loaded.params))),
-             top1_imagenet=imagenet["top1"], top1_real=imagenet["top1_real"],
+             top1_imagenet=imagenet["top1"], top1_real=imagenet.get("top1_real"),
              top1_v2=v2["top1"], imagenet=imagenet, v2=v2, throughput=None)
   if FLAGS.throughput:
     row["throughput"] = throughput(info, FLAGS.throughput_batch_size)
@@ -90,8 +89,12 @@ def _print(row: dict) -> None:
       "not measured (--throughput times inference with deit_jax.bench.benchmark)"))
   cli.say(f"  ImageNet top1 {row['top1_imagenet']:.2f}%  ({imagenet['dataset']}/"
           f"{imagenet['split']}, {imagenet['num_examples']} images{heads(imagenet, 'top1')})")
-  cli.say(f"  ReaL top1     {row['top1_real']:.2f}%  ({imagenet['num_examples_real']} images "
-          f"with a label set{heads(imagenet, 'top1_real')})")
+  if row["top1_real"] is None:
+    cli.say("  ReaL top1     not given (--real_labels: real.json from github.com/"
+            "google-research/reassessed-imagenet, or imagenet2012_real)")
+  else:
+    cli.say(f"  ReaL top1     {row['top1_real']:.2f}%  ({imagenet['num_examples_real']} "
+            f"images with a label set{heads(imagenet, 'top1_real')})")
   cli.say(f"  V2 top1       {row['top1_v2']:.2f}%  ({v2['dataset']}/{v2['split']}, "
           f"{v2['num_examples']} images{heads(v2, 'top1')})")
 

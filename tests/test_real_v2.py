@@ -201,3 +201,11 @@ def test_table5_columns_against_hand_counts(tmp_path, constant_model):
       (100 * 3 / 15, 100 * 1 / 15, 100 * 2 / 15))
   assert row["top1_imagenet"] == imagenet["top1"] and row["throughput"] is None
   assert "ReaL top1     60.00%" in out.stdout and "not measured" in out.stdout
+  # Without ReaL labels: the columns it can, the ReaL one marked as not given.
+  command = [a for a in out.args if not a.startswith("--real_labels=")]
+  out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = json.loads(out.stdout.strip().splitlines()[-1])
+  assert row["top1_real"] is None and row["top1_v2"] == pytest.approx(100 * 3 / 15)
+  assert row["top1_imagenet"] == pytest.approx(100 * 2 / 6)
+  assert "ReaL top1     not given (--real_labels" in out.stdout
