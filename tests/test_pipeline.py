@@ -236,6 +236,19 @@ def test_image_folder_errors(tmp_path):
   assert len(str(error.value)) < 300
 
 
+def test_numbered_split_beside_a_train_folder_reads_its_own_classes(tmp_path):
+  """ImageNet-V2's folders 0, 1, ... unpacked beside a train/ of synset folders: labelled
+  by their own numbers, not looked up among train's names."""
+  png = tf.io.encode_png(tf.zeros((8, 8, 1), tf.uint8)).numpy()
+  for split, classes in (("train", ("n01440764", "n01443537")), ("v2", ("0", "1", "2"))):
+    for cls in classes:
+      (tmp_path / split / cls).mkdir(parents=True)
+      (tmp_path / split / cls / "a.png").write_bytes(png)
+  paths, labels, names = sources.list_image_folder(str(tmp_path), "v2")
+  assert labels == [0, 1, 2] and names == ["0", "1", "2"]
+  assert sources.list_image_folder(str(tmp_path), "train")[2] == ["n01440764", "n01443537"]
+
+
 def test_missing_manual_files_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.gz"):
     sources.open_source("fashion_mnist", "train", data_dir=str(tmp_path / "d"),

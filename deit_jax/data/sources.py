@@ -399,7 +399,9 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
 def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list[str]]:
   """Sorted (paths, labels, class names) of ``<root>/<split>/<class>/<image>``.
 
-  Class names come from the train split when it exists, so every split shares labels.
+  Class names come from the train split when it exists, so every split shares labels;
+  a split whose class folders are integers (ImageNet-V2's ``0`` ... ``999``, which may sit
+  beside a ``train/`` of synset folders) is labelled by its own folders' numbers.
   """
   gfile = tf.io.gfile
   if not gfile.isdir(root):
@@ -416,9 +418,11 @@ def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list
     return class_order([d.rstrip("/") for d in gfile.listdir(path)
                         if gfile.isdir(os.path.join(path, d))], path)
 
-  class_names = classes_of("train" if "train" in splits else split)
+  own = classes_of(split)
+  numbered = bool(own) and all(name.isdigit() for name in own)
+  class_names = own if numbered or "train" not in splits else classes_of("train")
   paths, labels = [], []
-  for cls in classes_of(split):
+  for cls in own:
     if cls not in class_names:
       raise DatasetError(f"{root}/{split}/{cls}: class not present in the train split")
     folder = os.path.join(root, split, cls)
