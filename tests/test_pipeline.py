@@ -371,13 +371,15 @@ def test_a_read_error_is_retried_to_the_same_batches_or_stops(fmnist_data_dir, m
   real = builder.as_data_source
   config = pipeline.AugmentConfig(**FMNIST, repeated_aug=1)
 
-  def batches(fails, read_batch):
+  def failing_source(fails, read_batch):
     fails = [fails]
     monkeypatch.setattr(builder, "as_data_source",
                         lambda *a, **k: _FailingRecord(real(*a, **k), bad, fails))
-    source = dataclasses.replace(sources.from_builder(builder, "test", in_memory_limit_bytes=0),
-                                 read_batch=read_batch)
-    iterator = pipeline.TrainIterator(source, config, host, seed=1)
+    return dataclasses.replace(sources.from_builder(builder, "test", in_memory_limit_bytes=0),
+                               read_batch=read_batch)
+
+  def batches(fails, read_batch):
+    iterator = pipeline.TrainIterator(failing_source(fails, read_batch), config, host, seed=1)
     return _collect(iterator, 3), iterator
 
   clean, _ = batches(0, 8)
@@ -392,6 +394,12 @@ def test_a_read_error_is_retried_to_the_same_batches_or_stops(fmnist_data_dir, m
     with pytest.raises(StorageError, match="failed 3 times, each after the storage client "
                                            "retries .OSError: 503 Service Unavailable"):
       batches(sources.READ_TRIES, read_batch)
+  # A pass of evaluation (or of the teacher precompute) stops with the same error.
+  source = failing_source(10 ** 6, 8)
+  evaluation = pipeline.eval_dataset(source, config, pipeline.HostSlice(12))
+  with pytest.raises(StorageError, match="failed 3 times"):
+    for _ in sources.checked(evaluation.as_numpy_iterator(), source):
+      pass
 
 
 def test_tfrecord_preparation_is_refused_for_random_access(fmnist_data_dir, tmp_path):

@@ -53,18 +53,6 @@ def train_batches(source, augment, host: pipeline.HostSlice, mesh, teacher, *, s
 def eval_batches(source, augment, host: pipeline.HostSlice, mesh, teacher):
   """Device batches of one pass over ``source`` (padded, masked), joined with the
   (evaluation) teacher."""
-  batches = _checked(pipeline.eval_dataset(source, augment, host).as_numpy_iterator(), source)
+  batches = sources.checked(pipeline.eval_dataset(source, augment, host).as_numpy_iterator(),
+                            source)
   return prefetch_to_device(map(teacher.join, batches), batch_sharding(mesh))
-
-
-def _checked(batches, source):
-  """``batches``, stopping with StorageError once a read of ``source`` failed past every
-  retry (its stand-in record would otherwise fail to decode with a less telling error)."""
-  import tensorflow as tf
-  try:
-    for batch in batches:
-      sources.check_reads(source)
-      yield batch
-  except tf.errors.OpError:
-    sources.check_reads(source)
-    raise

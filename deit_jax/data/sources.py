@@ -84,6 +84,20 @@ def check_reads(source: Source) -> None:
                        "the storage answers)")
 
 
+def checked(batches, source: Source):
+  """``batches`` (an iterator over a pass of ``source``), stopping with StorageError once a
+  read of ``source`` failed past every retry (its stand-in record would otherwise fail to
+  decode with a less telling error, or pass unnoticed)."""
+  try:
+    for batch in batches:
+      check_reads(source)
+      yield batch
+  except tf.errors.OpError:
+    check_reads(source)
+    raise
+  check_reads(source)
+
+
 def read_with_retries(read, what: str, failures: list[str], fallback, reopen=None):
   """``read()``, tried READ_TRIES times with backoff (``reopen()`` first: a reader whose
   file failed to open stays broken); after the last failure the failure goes to

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from deit_jax import files
-from deit_jax.data import pipeline
+from deit_jax.data import pipeline, sources
 from deit_jax.data.sources import Source
 from deit_jax.errors import ConfigError, UserError
 from deit_jax.teacher import store
@@ -94,8 +94,8 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
   start, images_done, total = time.time(), 0, sum(b - a for a, b in todo) * max(views, 1)
   for first, end in todo:
     logits, stored_views = [], []
-    for batch in _chunk_dataset(source, augment, first, end, views, view_seed,
-                                batch_size).as_numpy_iterator():
+    for batch in sources.checked(_chunk_dataset(source, augment, first, end, views, view_seed,
+                                                batch_size).as_numpy_iterator(), source):
       logits.append(logits_fn(batch["image"]))
       if views:
         stored_views.append(batch["view"])
