@@ -195,7 +195,7 @@ class TrainCheckpoints:
     return self._reached(step)
 
   def save(self, step: int, state, data_state: dict, meta: dict, *, force=False) -> bool:
-    self._manager.wait_until_finished()  # surfaces an earlier background failure here
+    self.wait()  # surfaces an earlier background failure here
     saved = self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_keys_to_data(state)),
         data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)), force=force)
@@ -231,8 +231,12 @@ class TrainCheckpoints:
         abstract_state, restored["state"])
     return state, restored["data"]
 
-  def close(self) -> None:
+  def wait(self) -> None:
+    """Until the last save is written (orbax saves in the background)."""
     self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
     self._manager.close()
 
 

@@ -101,3 +101,12 @@ def image_folder(root) -> str:
           image[:, :10] += 150
         (root / split / name / f"{i}.png").write_bytes(tf.io.encode_png(image).numpy())
   return f"imagefolder:{root}"
+
+
+def free_port() -> int:
+  """A free TCP port on loopback (a coordinator's, a test server's)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+

@@ -2,24 +2,18 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _run(process_count, data_dir, out):
-  port = _free_port()
+  port = free_port()
   env = {**os.environ, "XLA_FLAGS": ""}
   procs = [subprocess.Popen([sys.executable, WORKER, str(port), str(p), str(process_count),
                              data_dir, str(out)], env=env, stdout=subprocess.PIPE,

@@ -227,10 +227,10 @@ def test_stage_copies_from_the_bucket_resumes_and_refuses_too_little_space(
     local_build, tmp_path, monkeypatch, capsys):
   """``deit_jax.data.stage``: the prepared dataset from a bucket (the GCS stand-in, through
   tf.io.gfile) to a local dir, checked to open with the same counts; a re-run after an
-  interruption copies only what is missing, a complete one does nothing; too little
-  space is one line before any copy."""
+  interruption copies only what is missing, a complete one does nothing; a storage fault
+  past the client's retries and too little space are one line each."""
   from deit_jax.bench.bucket_io import copy_tree
-  from deit_jax.bench.gcs_standin import StandIn
+  from deit_jax.bench.gcs_standin import Fault, StandIn
   from deit_jax.data import stage
   with StandIn() as standin:
     copy_tree(local_build, standin, "tfds")
@@ -250,7 +250,13 @@ def test_stage_copies_from_the_bucket_resumes_and_refuses_too_little_space(
     assert lines[0].startswith("staged 2 files") and "already there" in lines[0]
     stage.stage(NAME, data_dir=bucket, local_dir=local, say=lines.append)
     assert lines[-1].endswith("is already staged in " + _variant(local) + ": nothing to do")
-    monkeypatch.setattr(stage.shutil, "disk_usage", lambda p: types.SimpleNamespace(free=10))
+    standin.configure(faults=[Fault("403", match="train.array_record")])  # a lasting fault
+    assert stage.main([f"--dataset={NAME}", f"--data_dir={bucket}",
+                       f"--local_dir={tmp_path / 'faulty'}"]) == 2
+    assert "failed past the storage client retries (PermissionDeniedError" in \
+        capsys.readouterr().err
+    standin.configure(faults=[])
+    monkeypatch.setattr(prepare.shutil, "disk_usage", lambda p: types.SimpleNamespace(free=10))
     assert stage.main([f"--dataset={NAME}", f"--data_dir={bucket}",
                        f"--local_dir={tmp_path / 'other'}"]) == 2
     assert not (tmp_path / "other").exists()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import free_port
 
 from deit_jax import checkpoint
 from deit_jax.bench.gcs_standin import Fault, StandIn
@@ -85,7 +86,7 @@ def test_persistent_fault_stops_every_process_with_one_line(bucket, tmp_path):
                "--config.batch_size=16", f"--config.total_steps={total_steps}",
                "--config.checkpoint_every_steps=1", "--config.eval_every_steps=-1"]
     if processes > 1:
-      command += [f"--coordinator_address=127.0.0.1:{_free_port()}",
+      command += [f"--coordinator_address=127.0.0.1:{free_port()}",
                   f"--num_processes={processes}"]
     procs = [subprocess.Popen(command + ([f"--process_id={i}"] if processes > 1 else []),
                               cwd=ROOT, env=_env(standin), stdout=subprocess.PIPE,
@@ -106,10 +107,3 @@ def test_persistent_fault_stops_every_process_with_one_line(bucket, tmp_path):
         in errors[0] and "the last checkpoint is kept" in errors[0], err[-3000:]
     assert "Traceback" not in err
   assert checkpoint.committed_steps(str(workdir / "checkpoints")) == [1, 2]
-
-
-def _free_port() -> int:
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]

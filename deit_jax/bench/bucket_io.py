@@ -72,9 +72,9 @@ def record_figures(standin, builder_dir: str, local_dir: str, latencies, seconds
 
   from deit_jax.bench.input_pipeline import read_throughput
   from deit_jax.data import sources
-  local = sources.from_builder(tfds.builder_from_directory(local_dir), "train",
-                               in_memory_limit_bytes=0)
-  sizes = [len(r) for r in tfds.builder_from_directory(local_dir).as_data_source(
+  builder = tfds.builder_from_directory(local_dir)
+  local = sources.from_builder(builder, "train", in_memory_limit_bytes=0)
+  sizes = [len(r) for r in builder.as_data_source(
       split="train", deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)]
   figures = {"records": len(sizes), "mean_record_bytes": float(np.mean(sizes)),
              "local": {"records_per_sec": read_throughput(local, threads, seconds).per_sec}}
@@ -136,11 +136,11 @@ def checkpoint_figures(standin) -> dict:
   workdir = f"gs://{BUCKET}/runs/bench"
   saver = checkpoint.TrainCheckpoints(workdir, every_steps=1, keep=3)
   saver.save(1, state, {"step": 1}, {"model": "deit_tiny"})
-  saver._manager.wait_until_finished()
+  saver.wait()
   standin.reset_stats()
   start = time.time()
   saver.save(2, state, {"step": 2}, {"model": "deit_tiny"})
-  saver._manager.wait_until_finished()
+  saver.wait()
   seconds = time.time() - start
   snapshot = standin.stats.snapshot()
   saver.close()

@@ -148,12 +148,18 @@ def needed_bytes(builder, manual_dir: str | None) -> tuple[int, str]:
   return 0, ""
 
 
-def check_disk(builder, data_dir: str, manual_dir: str | None, say=print) -> None:
-  """Says in one line how much local disk the build needs and has; refuses too little."""
-  existing = data_dir
+def free_space(path: str) -> tuple[int, str]:
+  """(free bytes, the existing folder they were read at) of the disk that would hold the
+  local ``path``."""
+  existing = path
   while not os.path.exists(existing):
     existing = os.path.dirname(existing) or "."
-  free = shutil.disk_usage(existing).free
+  return shutil.disk_usage(existing).free, existing
+
+
+def check_disk(builder, data_dir: str, manual_dir: str | None, say=print) -> None:
+  """Says in one line how much local disk the build needs and has; refuses too little."""
+  free, existing = free_space(data_dir)
   need, how = needed_bytes(builder, manual_dir)
   name = builder.info.full_name
   if not need:
@@ -194,18 +200,27 @@ def dataset_files(builder, root: str | None = None) -> list[str]:
   return extra + [f for f in files if f != info and ".partial-" not in f] + [info]
 
 
-def copy_dataset(files: list[str], src: str, dest: str, *, threads: int = 16):
-  """Copies ``files`` (paths relative to ``src``) to ``dest``, either of them local or any
-  file system ``tf.io.gfile`` serves, the last one only after all others. A file already at
-  ``dest`` with the same size is kept, so a re-run after an interruption finishes the copy;
-  a file is written under a temporary name and renamed, so a partial one never has its
-  final name. Returns (files copied, files kept, bytes copied)."""
+def copy_dataset(files: list[str], src: str, dest: str, *, threads: int = 16,
+                 sizes: dict[str, int] | None = None):
+  """Copies ``files`` (paths relative to ``src``; ``sizes`` of them if known) to ``dest``,
+  either of them local or any file system ``tf.io.gfile`` serves, the last one only after
+  all others. A file already at ``dest`` with the same size is kept, so a re-run after an
+  interruption finishes the copy; a file is written under a temporary name and renamed, so
+  a partial one never has its final name. A storage error past the client's retries is a
+  one-line DatasetError. Returns (files copied, files kept, bytes copied)."""
   import tensorflow as tf
   gfile = tf.io.gfile
 
   def copy(relative) -> int:
     source, target = _join(src, relative), _join(dest, relative)
-    size = gfile.stat(source).length
+    try:
+      return _copy_one(source, target, sizes[relative] if sizes else gfile.stat(source).length)
+    except tf.errors.OpError as e:
+      raise DatasetError(f"copying {source} to {target} failed past the storage client "
+                         f"retries ({type(e).__name__}: {e.message}); run the command again: "
+                         "files already copied are kept") from e
+
+  def _copy_one(source: str, target: str, size: int) -> int:
     if gfile.exists(target) and gfile.stat(target).length == size:
       return -1
     gfile.makedirs(target.rsplit("/", 1)[0])

@@ -22,7 +22,6 @@ no-op. The copy is checked to open with TFDS with the bucket's examples per spli
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 
@@ -56,19 +55,24 @@ def stage(dataset: str, *, data_dir: str, local_dir: str, copy_threads: int = 16
   if not remote.is_prepared():
     raise DatasetError(f"{dataset} is not prepared in {data_dir}: "
                        f"{sources.prepare_hint(dataset, data_dir)}")
-  local = _builder_or_none(dataset, local_dir)
-  if local is not None and local.is_prepared() and _same(local, remote):
-    say(f"{dataset} is already staged in {local.data_dir}: nothing to do")
-    return local.data_dir
+  if _staged(dataset, local_dir, remote):
+    path = sources.tfds_builder(dataset, local_dir, file_format=None).data_dir
+    say(f"{dataset} is already staged in {path}: nothing to do")
+    return path
   root = files.absolute(data_dir)
   names = prepare.dataset_files(remote, root)
   import tensorflow as tf
   sizes = {f: tf.io.gfile.stat(files.join(root, f)).length for f in names}
   missing = sum(size for f, size in sizes.items()
                 if not _has(os.path.join(local_dir, f), size))
-  _check_space(local_dir, missing, dataset)
+  free, existing = prepare.free_space(local_dir)
+  if missing > free:
+    raise DatasetError(f"not enough space to stage {dataset} in {local_dir}: "
+                       f"{missing / prepare.GB:.1f} GB to copy, {free / prepare.GB:.1f} GB "
+                       f"free at {existing}; attach a larger disk or choose another --local_dir")
   start = time.time()
-  copied, kept, size = prepare.copy_dataset(names, root, local_dir, threads=copy_threads)
+  copied, kept, size = prepare.copy_dataset(names, root, local_dir, threads=copy_threads,
+                                            sizes=sizes)
   seconds = max(time.time() - start, 1e-9)
   say(f"staged {copied} files ({size / prepare.GB:.2f} GB in {seconds:.0f} s, "
       f"{size / 1e6 / seconds:.0f} MB/s) from {remote.data_dir} to {local_dir}"
@@ -80,31 +84,17 @@ def stage(dataset: str, *, data_dir: str, local_dir: str, copy_threads: int = 16
   return path
 
 
-def _builder_or_none(dataset: str, data_dir: str):
+def _staged(dataset: str, local_dir: str, remote) -> bool:
+  """Whether ``local_dir`` already holds a complete copy (prepare.verify's rule)."""
   try:
-    return sources.tfds_builder(dataset, data_dir, file_format=None)
-  except DatasetError:  # a dataset TFDS knows only from its files, not there yet
-    return None
-
-
-def _same(local, remote) -> bool:
-  count = lambda b: {n: s.num_examples for n, s in b.info.splits.items()}  # noqa: E731
-  return count(local) == count(remote) and local.info.file_format == remote.info.file_format
+    prepare.verify(dataset, local_dir, remote)
+  except DatasetError:  # absent (TFDS may not know the name without its files), or partial
+    return False
+  return True
 
 
 def _has(path: str, size: int) -> bool:
   return os.path.isfile(path) and os.path.getsize(path) == size
-
-
-def _check_space(local_dir: str, need: int, dataset: str) -> None:
-  existing = local_dir
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing) or "."
-  free = shutil.disk_usage(existing).free
-  if need > free:
-    raise DatasetError(f"not enough space to stage {dataset} in {local_dir}: "
-                       f"{need / prepare.GB:.1f} GB to copy, {free / prepare.GB:.1f} GB free "
-                       f"at {existing}; attach a larger disk or choose another --local_dir")
 
 
 def main(argv=None) -> int:
