@@ -49,7 +49,7 @@ def get_config():
       name="adamw",                   # or "sgd" (Nesterov momentum, as timm's "sgd")
       momentum=0.9,                   # sgd only
       lr=5e-4, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
-      warmup_steps=-1,                # -1 (or None): warmup_epochs; 0: none; > 0: steps
+      warmup_steps=-1,                # -1: warmup_epochs; 0: none; > 0: that many steps
       warmup_epochs=5.0, warmup_lr=1e-6, min_lr=1e-5, grad_clip_norm=0.0,
       # "epoch": timm's cosine stepped after each epoch, as the official loop (epoch k trains
       # at the value for k - 1); "step": per step, the cosine after the warm-up (short runs)
