@@ -18,12 +18,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from deit_jax import checkpoint, optim, pretrained, sharding, train_step as ts
+from deit_jax import checkpoint, optim, sharding, train_step as ts
 from deit_jax.data import mixup
 from deit_jax.errors import ConfigError, UserError
 from deit_jax.eval_step import make_eval_step
 from deit_jax.losses import DISTILLATIONS, KL_REDUCTIONS
-from deit_jax.models import create_model, resample_pos_embed
+from deit_jax.models import create_model, pretrained, resample_pos_embed
 
 # ---------------------------------------------------------------------------
 # Config values
@@ -199,7 +199,7 @@ _HEADS = ("head", "head_dist")  # classifier layers: re-initialised on a new cla
 def _init_from(state, path, overrides, state_sharding, head="auto", log=print):
   """Fine-tuning start: parameters of a model directory (e.g. converted official/timm
   weights), a training workdir, one of its checkpoints or published weights by name
-  (``deit_jax.pretrained``: downloaded, verified and converted once). Classifier heads of
+  (``deit_jax.models.pretrained``: downloaded, verified and converted once). Classifier heads of
   another class count keep this run's fresh initialisation (both heads of a distilled
   model); a position embedding of another resolution is resampled to this model's grid
   (bicubic, like the official fine-tuning code). ``head="reset"`` re-initialises the heads

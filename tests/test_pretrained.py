@@ -12,8 +12,7 @@ import pytest
 from flax import nnx
 
 from conftest import require
-from deit_jax import pretrained
-from deit_jax.models import create_model
+from deit_jax.models import create_model, pretrained
 
 torch = require("torch")
 timm = require("timm")
@@ -100,7 +99,8 @@ def test_download_verify_convert_once_and_reuse(server, tmp_path, monkeypatch):
   assert (tmp_path / "cache" / "downloads" / filename).read_bytes() == payload
 
   # Second use: nothing downloaded or converted again; another class count keeps fresh heads.
-  converted = tmp_path / "cache" / "models" / NAME / "deit_jax_model.json"
+  converted = tmp_path / "cache" / "params" / f"{NAME}.npz"
+  assert _cache_files(tmp_path) == [f"downloads/{filename}", f"params/{NAME}.npz"]
   stamp = converted.stat().st_mtime_ns
   again = create_model(NAME, pretrained=True, num_classes=10, seed=3)
   fresh = create_model(NAME, num_classes=10, seed=3)
@@ -108,6 +108,19 @@ def test_download_verify_convert_once_and_reuse(server, tmp_path, monkeypatch):
   np.testing.assert_array_equal(again.head.kernel[...], fresh.head.kernel[...])
   np.testing.assert_array_equal(again.blocks[0].mlp.fc1.kernel[...],
                                 model.blocks[0].mlp.fc1.kernel[...])
+
+  # A parameter file whose recorded download fails the table's checksum (the table
+  # changed) is converted again from the verified download, without a request.
+  monkeypatch.setitem(pretrained.WEIGHTS, NAME, (f"https://example.invalid/deit/{filename}",
+                                                 digest))
+  with np.load(converted) as f:
+    assert str(f[pretrained.SOURCE_KEY]) == digest
+  stale = dict(np.load(converted))
+  stale[pretrained.SOURCE_KEY] = np.array("0" * 64)
+  np.savez(converted, **stale)
+  third = create_model(NAME, pretrained=True)
+  assert srv.requests == [f"/deit/{filename}"] and pretrained._source(str(converted)) == digest
+  np.testing.assert_array_equal(third.pos_embed[...], model.pos_embed[...])
 
   # A full 64-digit digest is checked in full: the last digit counts too.
   path = tmp_path / "cache" / "downloads" / filename
@@ -137,7 +150,7 @@ def test_no_network_names_url_and_where_to_put_the_file(tmp_path, monkeypatch):
   monkeypatch.setenv("DEIT_JAX_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("DEIT_JAX_WEIGHTS_URL", f"http://127.0.0.1:{port}/deit")
   with pytest.raises(pretrained.PretrainedError) as info:
-    pretrained.model_dir("deit_base_patch16_224")
+    pretrained.params_file("deit_base_patch16_224")
   message = str(info.value)
   assert f"http://127.0.0.1:{port}/deit/deit_base_patch16_224-b5f2ef4d.pth" in message
   assert str(tmp_path / "cache" / "downloads" / "deit_base_patch16_224-b5f2ef4d.pth") in message
@@ -180,10 +193,11 @@ def test_pretrained_true_works_with_nothing_else_imported(tmp_path):
   import socket
   import subprocess
   import sys
-  from deit_jax import checkpoint
+  from deit_jax.models import torch_weights
   seeded = create_model(NAME, seed=5)
-  checkpoint.save_model(str(tmp_path / "cache" / "models" / NAME), seeded, name=NAME,
-                        overrides={})
+  (tmp_path / "cache" / "params").mkdir(parents=True)
+  np.savez(tmp_path / "cache" / "params" / f"{NAME}.npz", **torch_weights.to_state_dict(seeded),
+           **{pretrained.SOURCE_KEY: np.array(pretrained.WEIGHTS[NAME][1] + "0" * 56)})
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -192,6 +206,7 @@ def test_pretrained_true_works_with_nothing_else_imported(tmp_path):
       "from deit_jax.models import create_model\n"
       f"model = create_model({NAME!r}, pretrained=True)\n"
       "print(repr(float(model.pos_embed[...].sum())))\n"
+      "print(sorted(m for m in sys.modules if m.startswith(('deit_jax', 'orbax'))))\n"
       "try:\n"
       "  create_model('deit_small_patch16_224', pretrained=True)\n"
       "except Exception as e:\n"
@@ -201,7 +216,10 @@ def test_pretrained_true_works_with_nothing_else_imported(tmp_path):
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        env=env, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  cached, missing = out.stdout.strip().splitlines()[-2:]
+  cached, imported, missing = out.stdout.strip().splitlines()[-3:]
   assert float(cached) == float(seeded.pos_embed[...].sum())
+  # The models layer alone: no training checkpoint code, no orbax.
+  assert not [m for m in eval(imported) if m.startswith("orbax")
+              or m in ("deit_jax.checkpoint", "deit_jax.builder")], imported
   assert missing.startswith("PretrainedError cannot download "
                             f"http://127.0.0.1:{port}/deit/deit_small_patch16_224-cd65a155.pth")

@@ -2,25 +2,20 @@
 like timm.
 
 ``create_model`` here is the public one: ``create_model(name, pretrained=True)`` loads the
-official weights through ``deit_jax.pretrained`` (download, verify, convert once), imported
-only then. That module sits a layer above the models (it converts through
-``deit_jax.checkpoint``, which builds models from ``registry``), so the modules below it
-import ``deit_jax.models.registry`` directly, never this package, and the package reaches
-up to it only inside this function: no import cycle (tests/test_layering.py), and no
-``import deit_jax.pretrained`` for a user to remember.
+official weights through ``deit_jax.models.pretrained`` (download, verify, convert once into
+a flat parameter file), which needs nothing above this package.
 """
 
 from typing import Any
 
 from flax import nnx
 
-from deit_jax.models import registry, regnet, vit
+from deit_jax.models import pretrained as weights, registry, regnet, vit
 from deit_jax.models.pos_embed import resample_pos_embed
 from deit_jax.models.registry import list_models, model_config, register_model
 from deit_jax.models.regnet import RegNet, RegNetConfig
 from deit_jax.models.resnet import ResNet, ResNetConfig
 from deit_jax.models.vit import DeiTConfig, VisionTransformer
-
 
 
 def create_model(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None,
@@ -29,13 +24,12 @@ def create_model(name: str, *, seed: int = 0, rngs: nnx.Rngs | None = None,
 
   ``seed`` seeds the "params" stream and (seed + 1) the "dropout" stream; pass ``rngs``
   to control both yourself. ``pretrained=True`` loads the official weights
-  (``deit_jax.pretrained.load``: another ``num_classes`` keeps freshly initialised heads
+  (``deit_jax.models.pretrained.load``: another ``num_classes`` keeps freshly initialised heads
   seeded by ``seed``, another ``img_size`` resamples the position embedding).
   """
   if not pretrained:
     return registry.create_model(name, seed=seed, rngs=rngs, **overrides)
   model_config(name, **overrides)  # an unknown name or override fails before any download
-  from deit_jax import pretrained as weights  # a layer above: module docstring
   return weights.load(name, seed=seed, **overrides)
 
 

@@ -309,6 +309,12 @@ def apply_state_dict(model: VisionTransformer | RegNet,
   return notes
 
 
+def check_fits(name: str, state_dict: dict[str, np.ndarray], **overrides: Any) -> None:
+  """Raises ConversionError (every missing, unexpected and mismatched key) unless
+  ``state_dict`` fits ``create_model(name, **overrides)``; builds no parameters."""
+  _match(nnx.eval_shape(lambda: create_model(name, **overrides)), state_dict)
+
+
 def _match(model, state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
   """The values to assign, by attribute path, and notes; needs only shapes, so ``model``
   may be abstract (``nnx.eval_shape``)."""

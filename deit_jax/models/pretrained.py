@@ -4,6 +4,10 @@
     model = create_model("deit_small_patch16_224", pretrained=True)   # loads through here
     python -m deit_jax.main ... --config.init_from=deit_base_patch16_224   # fine-tune
 
+Like timm, weights by name live in the models package: this module needs only the
+registry and the torch key table beside it, never the training checkpoint format, so
+``create_model(..., pretrained=True)`` imports nothing above the models.
+
 ``WEIGHTS`` lists the published files (facebookresearch/deit README; timm's pretrained
 configs point at the same URLs). Their names carry the first 8 hex digits of the file's
 SHA-256 (torch.hub's convention, e.g. ``deit_base_patch16_224-b5f2ef4d.pth``); no full
@@ -12,9 +16,12 @@ download is checked against. An entry with a full 64-digit digest is checked in 
 
 Cache (``$DEIT_JAX_CACHE``, default ``~/.cache/deit_jax``)::
 
-    downloads/<file>.pth     the verified download (a partial or refused one is deleted)
-    models/<name>/           the converted model directory (deit_jax.checkpoint format)
+    downloads/<file>.pth   the verified download (a partial or refused one is deleted)
+    params/<name>.npz      its parameters under timm's keys (float32; one flat file, read
+                           with numpy alone), with the SHA-256 of the download it came from
 
+A parameter file whose recorded download does not pass the table's checksum (the table
+changed, or the file was put there by hand) is converted again from a verified download.
 ``$DEIT_JAX_WEIGHTS_URL`` replaces the URLs' directory (a mirror holding the same file
 names). Without network, put the file at the path the error names and run again.
 """
@@ -28,13 +35,12 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import numpy as np
 from absl import logging
 
-from deit_jax import checkpoint
-from deit_jax.errors import PretrainedError
+from deit_jax.errors import ConversionError, PretrainedError
 from deit_jax.models import registry
-from deit_jax.models.torch_weights import (apply_state_dict, load_torch_checkpoint,
-                                           to_state_dict)
+from deit_jax.models.torch_weights import apply_state_dict, check_fits, read_state_dict
 
 _FB = "https://dl.fbaipublicfiles.com/deit/"
 
@@ -87,13 +93,15 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _check(path: str, url: str, expected: str) -> None:
+def _check(path: str, url: str, expected: str) -> str:
+  """The file's SHA-256 if it passes ``expected``; else the file is deleted and refused."""
   actual = _sha256(path)
   if not actual.startswith(expected.lower()):
     os.remove(path)
     raise PretrainedError(f"checksum mismatch for {url}: SHA-256 {actual[:16]}..., expected "
                           f"{expected[:16]}{'...' if len(expected) > 16 else ''}; the file "
                           "was deleted, nothing was cached")
+  return actual
 
 
 def download(name: str, timeout_s: float = 60.0) -> str:
@@ -119,36 +127,47 @@ def download(name: str, timeout_s: float = 60.0) -> str:
   return path
 
 
-def model_dir(name: str) -> str:
-  """The converted model directory of ``name`` (downloaded and converted on first use)."""
-  out = os.path.join(cache_dir(), "models", name)
-  if os.path.isfile(os.path.join(out, checkpoint.MODEL_METADATA)):
+SOURCE_KEY = "__source_sha256__"  # in a parameter file: the download it was converted from
+
+
+def params_file(name: str) -> str:
+  """The flat parameter file of ``name`` (downloaded and converted on first use)."""
+  url, expected = _entry(name)
+  out = os.path.join(cache_dir(), "params", name + ".npz")
+  if os.path.isfile(out) and _source(out).startswith(expected.lower()):
     return out
   weights = download(name)
-  url, expected = _entry(name)
-  _check(weights, url, expected)  # a file put there by hand is verified too
-  model = load_torch_checkpoint(weights, name)
-  tmp = out + ".converting"
-  checkpoint.save_model(tmp, model, name=name, overrides={}, source=url, overwrite=True)
-  if os.path.exists(out):  # an interrupted earlier save (no metadata file)
-    shutil.rmtree(out)
-  os.replace(tmp, out)
+  digest = _check(weights, url, expected)  # a file put there by hand is verified too
+  state = read_state_dict(weights)
+  try:
+    check_fits(name, state)  # before anything is cached
+  except ConversionError as e:
+    raise ConversionError(f"{weights} -> {name}: {e}") from None
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  partial = out + ".partial"
+  with open(partial, "wb") as f:
+    np.savez(f, **state, **{SOURCE_KEY: np.array(digest)})
+  os.replace(partial, out)
   return out
 
 
+def _source(path: str) -> str:
+  """The SHA-256 of the download a parameter file was converted from ("" if unreadable)."""
+  try:
+    with np.load(path) as f:
+      return str(f[SOURCE_KEY]) if SOURCE_KEY in f.files else ""
+  except (OSError, ValueError):  # cut short or not an npz: convert again
+    return ""
+
+
 def load(name: str, *, seed: int = 0, **overrides: Any):
-  """``create_model(name, **overrides)`` with the published weights.
+  """``registry.create_model(name, seed=seed, **overrides)`` with the published weights.
 
   Another ``num_classes`` keeps freshly initialised heads (seeded by ``seed``); another
   ``img_size`` resamples the position embedding, as ``deit_jax.convert`` does.
   """
-  numerics = ("dtype", "param_dtype", "residual_dtype", "remat", "attn_impl", "drop_rate",
-              "attn_drop_rate", "drop_path_rate")
-  base = checkpoint.load_model(model_dir(name), **{k: v for k, v in overrides.items()
-                                                   if k in numerics})
-  if set(overrides) <= set(numerics):
-    return base
+  with np.load(params_file(name)) as f:
+    state = {key: f[key] for key in f.files if key != SOURCE_KEY}
   model = registry.create_model(name, seed=seed, **overrides)
-  apply_state_dict(model, to_state_dict(base))
+  apply_state_dict(model, state)
   return model
-
