@@ -97,7 +97,8 @@ def _train(config, workdir: str) -> dict:
   eval_source = config_glue.open_split(config, config.eval_split)
   augment = config_glue.augment_config(config)
   host = config_glue.host_slice(config.batch_size, config.batch_groups)
-  steps_per_epoch = pipeline.steps_per_epoch(train_source.num_examples, config.batch_size)
+  steps_per_epoch = pipeline.steps_per_epoch(train_source.num_examples, host.global_batch,
+                                             repeats=augment.repeated_aug, groups=host.groups)
   total_steps = builder.total_steps(config, steps_per_epoch)
 
   # ---------------------------------------------------------------- model, teacher, optimizer

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from deit_jax.data import pipeline, sources, subset
+from deit_jax.errors import ConfigError
 
 FMNIST = dict(image_size=28, crop="pad_crop", pad=2, mean=(0.286,), std=(0.353,), in_chans=1)
 
@@ -88,41 +89,64 @@ def test_repeated_augmentation_layout(fmnist_test):
   ids, images = batch["id"].reshape(3, 32), batch["image"].reshape(3, 32, -1)
   assert (ids == ids[0]).all() and len(np.unique(ids[0])) == 32
   assert not np.allclose(images[0], images[1])  # independent augmentations of each copy
-  steps = pipeline.steps_per_epoch(10000, 96)
+  steps = pipeline.steps_per_epoch(10000, 96, repeats=3, groups=3)
   seen = np.concatenate([b["id"][:32] for b in _collect(
       pipeline.TrainIterator(fmnist_test, config, host, seed=0), steps)])
   assert len(np.unique(seen)) == steps * 32  # an epoch covers ~1/3 of the unique images
 
 
-def _official_ra_batch(n, seed, epoch, step, *, batch, groups, repeats):
-  """The global batch of ``step`` (within ``epoch``) as the official RASampler
-  (facebookresearch/deit samplers.py) deals it to ``groups`` replicas of ``batch/groups``
-  each: the epoch's permutation with every index repeated ``repeats`` times in a row,
-  replica g taking every groups-th element from g."""
-  perm = [int(tf.random.experimental.index_shuffle(
-      tf.constant(u, tf.int64), seed=tf.constant([seed, epoch], tf.int64), max_index=n - 1))
-      for u in range(n)]
-  repeated = [i for i in perm for _ in range(repeats)]
+def _official_ra_steps(n, seed, epochs, *, batch, groups, repeats):
+  """Every global batch of ``epochs`` epochs as the official run deals them, written from
+  the official RASampler (facebookresearch/deit samplers.py) and a drop_last DataLoader on
+  each of ``groups`` replicas, with no use of our own epoch length: per epoch, the
+  permutation with every index repeated ``repeats`` times in a row, padded to a multiple
+  of the replicas; replica g takes every groups-th element from g and keeps the first
+  floor(floor(n/256)*256/groups); its loader cuts batches of batch/groups and drops the
+  last partial one. Step t's global batch is the replicas' t-th batches, one after another."""
   per_replica = batch // groups
-  return np.concatenate([repeated[g::groups][step * per_replica:(step + 1) * per_replica]
-                         for g in range(groups)])
+  steps = []
+  for epoch in range(epochs):
+    perm = tf.random.experimental.index_shuffle(
+        tf.range(n, dtype=tf.int64), seed=tf.constant([seed, epoch], tf.int64),
+        max_index=n - 1).numpy().tolist()
+    repeated = [i for i in perm for _ in range(repeats)]
+    total = -(-n * repeats // groups) * groups
+    repeated += repeated[:total - len(repeated)]
+    selected = int(np.floor(n // 256 * 256 / groups))
+    replicas = [repeated[g:total:groups][:selected] for g in range(groups)]
+    for t in range(selected // per_replica):
+      steps.append(np.concatenate([r[t * per_replica:(t + 1) * per_replica]
+                                   for r in replicas]))
+  return steps
 
 
-@pytest.mark.parametrize("batch,groups,repeats", [(16, 4, 3), (20, 2, 3), (12, 1, 2)])
-def test_repeated_augmentation_deals_like_the_official_sampler(batch, groups, repeats):
-  """Any global batch (16 and 20 are not multiples of 3): the two processes' rows of every
-  step are the official sampler's replicas' batches, laid out replica after replica."""
-  n, seed = 41, 3
-  spe = pipeline.steps_per_epoch(n, batch)
-  for step in range(2 * spe):  # across an epoch boundary
-    rows = []
-    for p in range(2):
-      host = pipeline.HostSlice(batch, p, 2, groups)
-      stream = pipeline.train_positions(n, host, seed=seed, repeats=repeats, start_step=step)
-      rows += [int(i) for i, _, _ in stream.take(host.local_batch).as_numpy_iterator()]
-    expected = _official_ra_batch(n, seed, step // spe, step % spe, batch=batch, groups=groups,
-                                  repeats=repeats)
-    np.testing.assert_array_equal(rows, expected, err_msg=f"step {step}")
+@pytest.mark.parametrize("n,batch,groups,repeats", [
+    (1000, 64, 4, 3),    # 256 does not divide the batch: 12 steps an epoch, not 1000 // 64 = 15
+    (700, 48, 3, 3),     # 3 groups do not divide 512 either
+    (600, 20, 2, 2),
+    (300, 256, 4, 3)])   # 256 divides the batch: the official count is N // B
+def test_repeated_augmentation_deals_like_the_official_sampler(n, batch, groups, repeats):
+  """Two processes' rows of every step over three epochs are the official sampler's
+  replicas' batches, laid out replica after replica; the epochs end where its do."""
+  seed = 3
+  expected = _official_ra_steps(n, seed, 3, batch=batch, groups=groups, repeats=repeats)
+  assert pipeline.steps_per_epoch(n, batch, repeats=repeats, groups=groups) * 3 == len(expected)
+  rows = []
+  for p in range(2):
+    host = pipeline.HostSlice(batch, p, 2, groups)
+    stream = pipeline.train_positions(n, host, seed=seed, repeats=repeats)
+    local = np.array([int(i) for i, _, _ in stream.take(host.local_batch * len(expected))
+                      .as_numpy_iterator()]).reshape(len(expected), host.local_batch)
+    rows.append(local)
+  for step, want in enumerate(expected):
+    np.testing.assert_array_equal(np.concatenate([rows[0][step], rows[1][step]]), want,
+                                  err_msg=f"step {step}")
+
+
+def test_repeated_augmentation_needs_an_official_epoch():
+  with pytest.raises(ConfigError, match="none for 255 examples.*repeated_aug=1"):
+    pipeline.steps_per_epoch(255, 16, repeats=3, groups=2)
+  assert pipeline.steps_per_epoch(255, 16) == 15  # without repeats: every image once
 
 
 def test_global_batch_is_independent_of_process_count(fmnist_test):

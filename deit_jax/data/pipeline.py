@@ -2,7 +2,8 @@
 
 Order of examples. The global batch of step ``s`` is a pure function of (seed, s), built
 like the official RASampler (facebookresearch/deit, samplers.py) builds it over its GPUs:
-epoch ``e = s // steps_per_epoch`` walks a stateless random permutation of the split
+epoch ``e = s // steps_per_epoch`` (with repeats, the official sampler's epoch length:
+``steps_per_epoch``) walks a stateless random permutation of the split
 (``tf.random.experimental.index_shuffle`` keyed by (seed, e)) in which every image is
 repeated r times in a row (repeated augmentation x r; r = 1: no repeats); step s of the
 epoch takes positions [s*B, (s+1)*B) of that list, whatever B (so an epoch covers 1/r of
@@ -233,7 +234,29 @@ def eval_transform(example, source: Source, config: AugmentConfig):
 # Index streams
 # ---------------------------------------------------------------------------
 
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+# The official RASampler (facebookresearch/deit samplers.py) hands each replica
+# floor(floor(N / 256) * 256 / G) samples per epoch, whatever the repeat count.
+RA_EPOCH_UNIT = 256
+
+
+def steps_per_epoch(num_examples: int, global_batch: int, *, repeats: int = 1,
+                    groups: int = 1) -> int:
+  """Steps in an epoch. Without repeats: N // B (every image once, the last partial batch
+  dropped). With repeated augmentation, the official run's count: its RASampler gives each
+  of the G replicas floor(floor(N/256)*256/G) samples and the loader drops each replica's
+  last partial batch of B/G, so an epoch is that // (B/G) steps. The two agree whenever
+  256 divides B (every shipped config); otherwise the official epoch is shorter (N=1000,
+  B=64, G=4: 12 steps, not 15)."""
+  if repeats > 1:
+    per_replica = num_examples // RA_EPOCH_UNIT * RA_EPOCH_UNIT // groups
+    steps = per_replica // (global_batch // groups)
+    if steps == 0:
+      raise ConfigError(
+          f"repeated augmentation (repeated_aug={repeats}) runs epochs of floor(N/256)*256 "
+          f"examples like the official RASampler, which leaves {per_replica} per group for "
+          f"{groups} group(s) of {global_batch // groups}: none for {num_examples} examples; "
+          "use --config.aug.repeated_aug=1 or a smaller --config.batch_size")
+    return steps
   steps = num_examples // global_batch
   if steps == 0:
     raise ConfigError(f"global batch {global_batch} is larger than the split "
@@ -246,7 +269,7 @@ def train_positions(num_examples: int, host: HostSlice, *, seed: int, repeats: i
   """(index, augmentation seed, local position) of this process's examples from
   ``start_step`` on; local position k belongs to step k // local_batch."""
   b, groups = host.global_batch, host.groups
-  spe = steps_per_epoch(num_examples, b)
+  spe = steps_per_epoch(num_examples, b, repeats=repeats, groups=groups)
   local = host.local_batch
   offset = host.process_index * local
 
