@@ -17,7 +17,7 @@ from flax import nnx
 from deit_jax import config_glue
 from deit_jax import train_step as ts
 from deit_jax.data import pipeline, sources
-from deit_jax.errors import UserError
+from deit_jax.errors import ConfigError, UserError
 from deit_jax.models import create_model
 from deit_jax.teacher import precompute as pc
 from deit_jax.teacher import store as st
@@ -300,7 +300,8 @@ def test_regnet_precompute_is_sharded_and_resumable(tmp_path):
   # The same logits as the model run here on one device, through the eval transform.
   source = sources.open_source(dataset, "test")
   model.eval()
-  pc.precompute(pc.jax_logits_fn(model, 4), source, FMNIST_AUGMENT, str(tmp_path / "here"),
+  logits_fn, _ = pc.jax_logits_fn(model, 4, (28, 28, 1))
+  pc.precompute(logits_fn, source, FMNIST_AUGMENT, str(tmp_path / "here"),
                 teacher={"name": "here"}, batch_size=4, shard_size=12, log=lambda _: None)
   np.testing.assert_allclose(st.TeacherLogits(str(tmp_path / "here")).lookup(np.arange(12)),
                              first, rtol=2e-3, atol=2e-3)
@@ -312,3 +313,31 @@ def test_regnet_precompute_is_sharded_and_resumable(tmp_path):
   assert rate > 0 and again["images_per_sec"] == rate
   assert set(again["transform"]) == set(pipeline.EVAL_FIELDS)  # the eval transform's own fields
   assert st.read_manifest(str(tmp_path / "here"))["images_per_sec"] == rate
+
+
+def test_precompute_batch_fits_the_memory_it_finds():
+  """A teacher batch whose estimate exceeds the free memory runs halved (same logits, one
+  line said); one that cannot fit even one image per device stops with one line. The
+  estimate is the compiled program's (x CPU_PEAK_FACTOR on the host): measured for
+  RegNetY-16GF, whose documented batch of 1024 needs ~100 GB there."""
+  model = create_model("regnety_002", num_classes=3, in_chans=1, seed=5)
+  model.eval()
+  shape = (28, 28, 1)
+  n = jax.local_device_count()
+  need = {b: pc.bytes_needed(model, b, shape) for b in (8 * n, 4 * n)}
+  assert need[8 * n] > need[4 * n] > 0
+  images = np.random.RandomState(0).randn(8 * n, *shape).astype(np.float32)
+  said = []
+  whole, batch = pc.jax_logits_fn(model, 8 * n, shape, available=None, log=said.append)
+  # room for 4n per device but not 8n: halved once, the same logits
+  room = (need[4 * n] + need[8 * n]) / 2 / pc.HEADROOM
+  halved, smaller = pc.jax_logits_fn(model, 8 * n, shape, available=room, log=said.append)
+  assert (batch, smaller) == (8 * n, 4 * n)
+  assert len(said) == 1 and f"running batches of {4 * n}" in said[0], said
+  expected = whole(images)
+  got = np.concatenate([halved(images[i:i + smaller]) for i in range(0, 8 * n, smaller)])
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ConfigError, match=r"--config.batch_size cannot go lower"):
+    pc.jax_logits_fn(model, 8 * n, shape, available=1000, log=said.append)
+  # What the host reports is a positive number of bytes here (MemAvailable or the cgroup's).
+  assert pc.host_available_bytes() > 0

@@ -60,7 +60,8 @@ def precompute(config) -> None:
                                         in_chans=augment.in_chans)
   else:
     model, info = config_glue.load_model_for(config, FLAGS.checkpoint, ema=FLAGS.ema)
-    logits_fn = pc.jax_logits_fn(model, batch_size)
+    size = (augment.image_size, augment.image_size, augment.in_chans)
+    logits_fn, batch_size = pc.jax_logits_fn(model, batch_size, size, log=cli.say)
     teacher = {**info, "sha256": checkpoint.params_digest(model), "ema": FLAGS.ema,
                "framework": "jax"}
   what = f"{FLAGS.views} views per image" if FLAGS.views else "eval transform"

@@ -33,26 +33,133 @@ from deit_jax.teacher import store
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
-def jax_logits_fn(model, batch_size: int) -> LogitsFn:
-  """Eval-mode forward of an NNX model, jitted, batch split over this process's devices
-  (the last batch is padded to keep one compiled shape)."""
+# What the forward may use of the memory it finds free (the rest: the input pipeline,
+# Python, other processes' growth).
+HEADROOM = 0.9
+# On the CPU the runtime's peak exceeds the compiled program's buffer estimate (arguments +
+# temporaries + outputs): 1.5x for RegNetY-16GF at batches 32 and 64 (docs/teacher.md,
+# "Batch and memory"); on accelerators the estimate is taken as it is (not measured there).
+CPU_PEAK_FACTOR = 1.6
+# Host copies of one batch of images: tf.data's prefetched batch, the one in hand, its
+# padded copy.
+HOST_BATCH_COPIES = 3
+
+
+def host_available_bytes() -> int | None:
+  """Memory this process may still take on the host: MemAvailable, capped by a cgroup v2
+  limit when the process runs under one (containers); None where neither is readable."""
+  found = []
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          found.append(int(line.split()[1]) * 1024)
+  except OSError:
+    pass
+  try:
+    with open("/sys/fs/cgroup/memory.max") as f:
+      limit = f.read().strip()
+    with open("/sys/fs/cgroup/memory.current") as f:
+      current = int(f.read())
+    if limit != "max":
+      found.append(int(limit) - current)
+  except (OSError, ValueError):
+    pass
+  return min(found) if found else None
+
+
+def available_bytes(device) -> int | None:
+  """Free memory for ``device``'s computations: the host's for CPU devices (all of them
+  together), else the device's limit less what is in use; None where unknown."""
+  if device.platform == "cpu":
+    return host_available_bytes()
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if not stats or "bytes_limit" not in stats:
+    return None
+  return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+
+
+class _Forward:
+  """The eval-mode forward of ``model``, compiled per global batch, batch split over this
+  process's devices, with what a batch needs in memory."""
+
+  def __init__(self, model, image_shape: tuple[int, ...]):
+    self.devices = jax.local_devices()
+    mesh = Mesh(np.asarray(self.devices), ("data",))
+    graphdef, state = nnx.split(model)
+    self.image_shape = tuple(image_shape)
+    self.data = NamedSharding(mesh, P("data"))
+    self.forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x),
+                           in_shardings=(NamedSharding(mesh, P()), self.data))
+    self.state = jax.device_put(state, NamedSharding(mesh, P()))
+
+  def compile(self, batch: int):
+    spec = jax.ShapeDtypeStruct((batch,) + self.image_shape, np.float32, sharding=self.data)
+    return self.forward.lower(self.state, spec).compile()
+
+  def bytes_needed(self, compiled, batch: int) -> int | None:
+    """Per device on accelerators; for CPU devices the host's total (all devices and the
+    host's copies of the batch). None where the backend gives no estimate."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+      return None
+    device = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+              + mem.temp_size_in_bytes)
+    if self.devices[0].platform != "cpu":
+      return int(device)
+    batch_bytes = batch * int(np.prod(self.image_shape)) * 4
+    return int(device * CPU_PEAK_FACTOR * len(self.devices) + HOST_BATCH_COPIES * batch_bytes)
+
+
+def bytes_needed(model, batch_size: int, image_shape: tuple[int, ...]) -> int | None:
+  """What ``jax_logits_fn`` estimates a teacher batch needs (see ``_Forward.bytes_needed``)."""
+  forward = _Forward(model, image_shape)
+  return forward.bytes_needed(forward.compile(batch_size), batch_size)
+
+
+def jax_logits_fn(model, batch_size: int, image_shape: tuple[int, ...], *,
+                  available: int | None = None,
+                  log: Callable[[str], None] = print) -> tuple[LogitsFn, int]:
+  """(logits_fn, batch): the eval-mode forward of an NNX model, compiled, batch split over
+  this process's devices (the last batch is padded to keep one compiled shape).
+
+  ``batch`` is ``batch_size`` if its estimated memory fits ``HEADROOM`` of ``available``
+  (default: what the device or host has free now), else the largest halving of it (a
+  multiple of the local device count) that fits, said in one line; logits do not depend
+  on the batch. If one image per device does not fit, a one-line ConfigError.
+  """
   devices = jax.local_devices()
   if batch_size % len(devices):
     raise ConfigError(f"batch size {batch_size} is not divisible by the {len(devices)} "
                      "local devices")
-  mesh = Mesh(np.asarray(devices), ("data",))
-  graphdef, state = nnx.split(model)
-  forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x),
-                    in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))))
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  forward = _Forward(model, image_shape)
+  budget = available if available is not None else available_bytes(devices[0])
+  batch, first_need = batch_size, None
+  while True:
+    compiled = forward.compile(batch)
+    need = forward.bytes_needed(compiled, batch)
+    if budget is None or need is None or need <= HEADROOM * budget:
+      break
+    first_need = first_need or need
+    smaller = batch // 2 // len(devices) * len(devices)
+    if smaller < len(devices):
+      raise ConfigError(
+          f"the teacher needs ~{need / 1e9:.1f} GB for a batch of {batch}, more than "
+          f"{HEADROOM:.0%} of the {budget / 1e9:.1f} GB free (--config.batch_size cannot go "
+          "lower): run it on a machine with more memory")
+    batch = smaller
+  if batch != batch_size:
+    log(f"teacher batch {batch_size} would need ~{first_need / 1e9:.1f} GB, "
+        f"{budget / 1e9:.1f} GB free: running batches of {batch} (--config.batch_size "
+        "or --batch_size sets where this starts; the logits do not depend on it)")
 
   def logits_fn(images: np.ndarray) -> np.ndarray:
     n = len(images)
-    padded = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:],
-                                              images.dtype)]) if n < batch_size else images
-    return np.asarray(forward(state, padded), np.float32)[:n]
+    padded = np.concatenate([images, np.zeros((batch - n,) + images.shape[1:],
+                                              images.dtype)]) if n < batch else images
+    return np.asarray(compiled(forward.state, padded), np.float32)[:n]
 
-  return logits_fn
+  return logits_fn, batch
 
 
 def _chunk_dataset(source: Source, augment: pipeline.AugmentConfig, first: int, end: int,
