@@ -143,12 +143,6 @@ def test_repeated_augmentation_deals_like_the_official_sampler(n, batch, groups,
                                   err_msg=f"step {step}")
 
 
-def test_repeated_augmentation_needs_an_official_epoch():
-  with pytest.raises(ConfigError, match="none for 255 examples.*repeated_aug=1"):
-    pipeline.steps_per_epoch(255, 16, repeats=3, groups=2)
-  assert pipeline.steps_per_epoch(255, 16) == 15  # without repeats: every image once
-
-
 def test_global_batch_is_independent_of_process_count(fmnist_test):
   config = pipeline.AugmentConfig(**FMNIST)
   single = _collect(pipeline.TrainIterator(fmnist_test, config, pipeline.HostSlice(48), seed=1),
@@ -209,7 +203,9 @@ def test_image_folder_full_recipe(image_folder):
   source = sources.open_source(f"imagefolder:{image_folder}", "train")
   assert (source.num_examples, source.num_classes) == (18, 3)
   assert source.class_names == ("cat", "dog", "emu")
-  config = pipeline.AugmentConfig(image_size=64)  # RRC + flip + RandAugment + erasing, x3
+  # RRC + flip + RandAugment + erasing (no repeats: the official sampler's epoch needs 256
+  # images, tests/test_pipeline.py's sampler tests cover them)
+  config = pipeline.AugmentConfig(image_size=64, repeated_aug=1)
   batch = next(pipeline.TrainIterator(source, config, pipeline.HostSlice(12), seed=0))
   assert batch["image"].shape == (12, 64, 64, 3) and np.isfinite(batch["image"]).all()
   val = sources.open_source(f"imagefolder:{image_folder}", "val")
@@ -287,7 +283,10 @@ def test_bad_augment_configs():
   with pytest.raises(ValueError, match="does not split into batch_groups=3"):
     pipeline.HostSlice(10, groups=3)
   with pytest.raises(ValueError, match="larger than the split"):
-    pipeline.train_positions(5, pipeline.HostSlice(9), seed=0, repeats=3)
+    pipeline.train_positions(5, pipeline.HostSlice(9), seed=0)
+  with pytest.raises(ConfigError, match="repeated_aug=1 or at least 256 examples"):
+    pipeline.train_positions(255, pipeline.HostSlice(9), seed=0, repeats=3)
+  assert pipeline.steps_per_epoch(255, 9) == 28  # without repeats: every image once
 
 
 def test_index_stream_is_the_documented_permutation():
@@ -295,20 +294,23 @@ def test_index_stream_is_the_documented_permutation():
   by (seed, epoch)); with two groups and two repeats an image's copies sit global_batch/2
   apart; every element has its own augmentation seed. Checked element by element against
   the public scalar function across an epoch boundary, for the second of two processes."""
-  n, seed, repeats = 50, 7, 2
-  host = pipeline.HostSlice(24, process_index=1, process_count=2, groups=2)  # 2 steps/epoch
-  stream = list(pipeline.train_positions(n, host, seed=seed, repeats=repeats, start_step=1)
+  n, seed, repeats = 300, 7, 2
+  host = pipeline.HostSlice(24, process_index=1, process_count=2, groups=2)
+  spe = pipeline.steps_per_epoch(n, 24, repeats=repeats, groups=2)  # 10: (256 / 2) // 12
+  stream = list(pipeline.train_positions(n, host, seed=seed, repeats=repeats,
+                                         start_step=spe - 1)
                 .take(3 * host.local_batch).as_numpy_iterator())
   for index, aug_seed, k in stream:
     step, j = k // 12, 12 + k % 12
-    epoch, unique = step // 2, (step % 2) * 12 + j % 12
+    epoch, unique = step // spe, (step % spe) * 12 + j % 12
     expected = tf.random.experimental.index_shuffle(
         tf.constant(unique, tf.int64), seed=tf.constant([seed, epoch], tf.int64), max_index=n - 1)
     assert index == int(expected)
     assert list(aug_seed) == [seed + 1, step * 24 + j]
-  assert [k for _, _, k in stream] == list(range(12, 48))
-  # step 1's 12 rows here are 12 images; their second copies are process 0's rows
-  assert len({int(i) for i, _, k in stream if k < 24}) == 12
+  first = (spe - 1) * 12
+  assert [k for _, _, k in stream] == list(range(first, first + 36))
+  # a step's 12 rows here are 12 images; their second copies are process 0's rows
+  assert len({int(i) for i, _, k in stream if k < first + 12}) == 12
 
 
 def test_random_access_source_equals_in_memory(fmnist_data_dir):
@@ -339,7 +341,7 @@ def test_batched_reads_equal_per_record_reads(fmnist_data_dir):
   assert random_access.fetch_batch is not None and random_access.read_batch > 1
   batched = dataclasses.replace(random_access, read_batch=7)  # read batches straddle steps
   per_record = dataclasses.replace(random_access, fetch_batch=None)
-  picked = subset.select(batched, classes=("7", "1"), per_class=10, seed=0)
+  picked = subset.select(batched, classes=("7", "1"), per_class=130, seed=0)  # 256 for x3
   picked_per_record = dataclasses.replace(picked, fetch_batch=None)
   for a_source, b_source in ((batched, per_record), (picked, picked_per_record)):
     a, b = _read_stream(a_source, 40), _read_stream(b_source, 40)

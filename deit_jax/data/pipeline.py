@@ -251,11 +251,13 @@ def steps_per_epoch(num_examples: int, global_batch: int, *, repeats: int = 1,
     per_replica = num_examples // RA_EPOCH_UNIT * RA_EPOCH_UNIT // groups
     steps = per_replica // (global_batch // groups)
     if steps == 0:
+      fix = ("a smaller --config.batch_size" if num_examples >= RA_EPOCH_UNIT else
+             f"at least {RA_EPOCH_UNIT} examples")
       raise ConfigError(
           f"repeated augmentation (repeated_aug={repeats}) runs epochs of floor(N/256)*256 "
-          f"examples like the official RASampler, which leaves {per_replica} per group for "
-          f"{groups} group(s) of {global_batch // groups}: none for {num_examples} examples; "
-          "use --config.aug.repeated_aug=1 or a smaller --config.batch_size")
+          f"examples like the official RASampler: {num_examples} examples leave "
+          f"{per_replica} per group, less than one batch of {global_batch // groups}; use "
+          f"--config.aug.repeated_aug=1 or {fix}")
     return steps
   steps = num_examples // global_batch
   if steps == 0:
