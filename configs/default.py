@@ -13,6 +13,11 @@ import ml_collections
 def get_config():
   config = ml_collections.ConfigDict()
   config.dataset = "imagenet2012"     # a TFDS name, or "imagefolder:<root>"
+  # An image folder's class order, which decides its labels: "string" (sorted names),
+  # "numeric" (integer folder names by value; labels are ranks) or "auto" (numeric for
+  # integer folders 0..N-1 or 1..N, string for other names). Checkpoints and teacher logits
+  # record the class names they were made with and refuse data in another order.
+  config.class_order = "auto"
   config.data_dir = ml_collections.config_dict.placeholder(str)    # e.g. gs://BUCKET/tfds
   config.manual_dir = ml_collections.config_dict.placeholder(str)  # e.g. the ILSVRC2012 tars
   config.train_split = "train"

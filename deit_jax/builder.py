@@ -20,7 +20,7 @@ from flax import nnx
 
 from deit_jax import checkpoint, optim, sharding, train_step as ts
 from deit_jax.data import mixup
-from deit_jax.errors import ConfigError, UserError
+from deit_jax.errors import ConfigError, UserError, class_mismatch
 from deit_jax.eval_step import make_eval_step
 from deit_jax.losses import DISTILLATIONS, KL_REDUCTIONS
 from deit_jax.models import create_model, pretrained, resample_pos_embed
@@ -165,11 +165,12 @@ def build_state(model: Model, tx, mesh, *, seed: int, ema: bool):
   return state_sharding, init
 
 
-def run_metadata(config, model: Model) -> dict:
-  """What a training checkpoint records of its run (and a resume compares)."""
+def run_metadata(config, model: Model, class_names=()) -> dict:
+  """What a training checkpoint records of its run (and a resume compares): with the
+  training data's class names, which evaluation, fine-tuning and teachers compare too."""
   return {"model": model.name, "model_config": json.loads(json.dumps(model.overrides)),
           "num_classes": config.num_classes, "dataset": config.dataset,
-          "ema": bool(config.ema_decay)}
+          "ema": bool(config.ema_decay), "class_names": [str(n) for n in class_names]}
 
 
 def initial_state(checkpoints: checkpoint.TrainCheckpoints, meta: dict, init,
@@ -182,7 +183,7 @@ def initial_state(checkpoints: checkpoint.TrainCheckpoints, meta: dict, init,
     state = init()
     if init_from:
       state = _init_from(state, init_from, model.overrides, state_sharding, init_from_head,
-                         log)
+                         log, meta.get("class_names"))
     return state, 0
   # The order matters: check the checkpoint belongs to this run before anything else.
   checkpoints.check_compatible(latest, meta)
@@ -196,15 +197,17 @@ def initial_state(checkpoints: checkpoint.TrainCheckpoints, meta: dict, init,
 _HEADS = ("head", "head_dist")  # classifier layers: re-initialised on a new class count
 
 
-def _init_from(state, path, overrides, state_sharding, head="auto", log=print):
+def _init_from(state, path, overrides, state_sharding, head="auto", log=print,
+               class_names=None):
   """Fine-tuning start: parameters of a model directory (e.g. converted official/timm
   weights), a training workdir, one of its checkpoints or published weights by name
   (``deit_jax.models.pretrained``: downloaded, verified and converted once). Classifier heads of
   another class count keep this run's fresh initialisation (both heads of a distilled
   model); a position embedding of another resolution is resampled to this model's grid
   (bicubic, like the official fine-tuning code). ``head="reset"`` re-initialises the heads
-  whatever their shape (new classes of the same count). Anything else that differs is an
-  error."""
+  whatever their shape (new classes of the same count). Heads kept for data whose class
+  names differ from those the checkpoint recorded are an error. Anything else that
+  differs is an error."""
   if head not in ("auto", "reset"):
     raise ConfigError(f"init_from_head must be 'auto' or 'reset', got {head!r}")
   numerics = {k: v for k, v in overrides.items()
@@ -212,7 +215,12 @@ def _init_from(state, path, overrides, state_sharding, head="auto", log=print):
   if pretrained.is_pretrained_name(path):  # the published model; heads and grid fit below
     model = pretrained.load(path, **numerics)
   else:
-    model, _ = checkpoint.load_trained_model(path, **numerics)
+    model, info = checkpoint.load_trained_model(path, **numerics)
+    same_count = model.config.num_classes == overrides.get("num_classes")
+    classes = class_mismatch(info.get("class_names"), class_names, f"init_from {path}")
+    if head == "auto" and same_count and classes:
+      raise UserError(f"{classes}; its heads would predict the wrong classes: "
+                      "--config.init_from_head=reset starts new ones")
   params = nnx.to_pure_dict(ts.split_model(model)[1])
   if jax.tree.structure(params) != jax.tree.structure(state.params):
     raise UserError(f"init_from {path}: a {type(model).__name__} with other parameters than "

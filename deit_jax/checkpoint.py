@@ -28,8 +28,8 @@ from jax.experimental import multihost_utils
 
 from deit_jax import files
 from deit_jax.errors import (CheckpointError, CheckpointMismatchError, NotACheckpointError,
-                             OutputExistsError)
-from deit_jax.models.registry import create_model  # not deit_jax.models: its docstring
+                             OutputExistsError, class_mismatch)
+from deit_jax.models.registry import create_model
 
 MODEL_METADATA = "deit_jax_model.json"
 _FORMAT = 1
@@ -44,8 +44,10 @@ def _as_path(directory) -> epath.Path:
 
 
 def save_model(directory, model: nnx.Module, *, name: str, overrides: dict[str, Any],
-               source: str | None = None, overwrite: bool = False) -> epath.Path:
-  """Saves ``model``'s parameters so that ``load_model(directory)`` rebuilds it."""
+               source: str | None = None, overwrite: bool = False,
+               class_names: list[str] | None = None) -> epath.Path:
+  """Saves ``model``'s parameters so that ``load_model(directory)`` rebuilds it;
+  ``class_names`` (what its labels mean, when known) are recorded beside them."""
   path = _as_path(directory)
   if files.isdir(path) and files.listdir(path):
     if not overwrite:
@@ -63,6 +65,8 @@ def save_model(directory, model: nnx.Module, *, name: str, overrides: dict[str, 
   metadata = {"format": _FORMAT, "name": name, "overrides": dict(overrides),
               "source": source, "num_params": count_params(model),
               "batch_stats": bool(batch_stats)}
+  if class_names:
+    metadata["class_names"] = [str(n) for n in class_names]
   files.write_text(path / MODEL_METADATA, json.dumps(metadata, indent=2, sort_keys=True))
   return path
 
@@ -207,6 +211,10 @@ class TrainCheckpoints:
     differences = [f"{k}: checkpoint {saved.get(k)!r} vs config {meta[k]!r}"
                    for k in ("model", "model_config", "num_classes")
                    if saved.get(k) != meta.get(k)]
+    classes = class_mismatch(saved.get("class_names"), meta.get("class_names"),
+                             "the checkpoint")
+    if classes:  # recorded since issue 35; older checkpoints lack them
+      differences.append(classes)
     if "ema" in saved and saved["ema"] != meta.get("ema"):  # older checkpoints lack "ema"
       differences.append(f"EMA weights: checkpoint {'with' if saved['ema'] else 'without'}, "
                          f"config.ema_decay={'0' if not meta.get('ema') else '> 0'}")
@@ -390,7 +398,8 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
 
   ``ema=True`` takes the EMA parameters of a training checkpoint. ``numerics`` override
   settings that do not change parameter shapes (dtype, remat, drop rates). Returns the
-  model in eval mode and a description {"name", "overrides", "path", "step"}.
+  model in eval mode and a description {"name", "overrides", "path", "step", "class_names"}
+  (class names as recorded, None for files written before they were).
   """
   path = files.absolute(path)
   if files.exists(files.join(path, MODEL_METADATA)):
@@ -398,7 +407,8 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
       raise CheckpointError(f"{path}: a model directory holds one set of weights (no EMA)")
     metadata = read_metadata(path)
     model = load_model(path, **numerics)
-    info = {"name": metadata["name"], "overrides": metadata["overrides"], "step": None}
+    info = {"name": metadata["name"], "overrides": metadata["overrides"], "step": None,
+            "class_names": metadata.get("class_names")}
   else:
     found = _train_checkpoint_step(path)
     if found is None:
@@ -423,7 +433,8 @@ def load_trained_model(path, *, ema: bool = False, **numerics: Any) -> tuple[nnx
     nnx.replace_by_pure_dict(params, restored["ema" if ema else "params"])
     nnx.replace_by_pure_dict(rest, restored["rest"])
     model = nnx.merge(graphdef, params, rest)
-    info = {"name": meta["model"], "overrides": meta["model_config"], "step": step}
+    info = {"name": meta["model"], "overrides": meta["model_config"], "step": step,
+            "class_names": meta.get("class_names")}
   model.eval()
   info["path"] = str(path)
   return model, info

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from deit_jax import checkpoint
+from deit_jax import checkpoint, errors
 from deit_jax.data import pipeline, sources, subset
 from deit_jax.errors import UserError
 from deit_jax.teacher.feed import EVAL_KEYS, OnlineTeacher, PrecomputedTeacher, Teacher
@@ -36,7 +36,8 @@ def open_split(config, split: str, extras: tuple[str, ...] = ()) -> sources.Sour
     sources.prepare_once(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
                          first=jax.process_index() == 0, agree=_agree_with_process_0)
   source = sources.open_source(config.dataset, split, data_dir=config.data_dir,
-                               manual_dir=config.manual_dir, extras=extras)
+                               manual_dir=config.manual_dir, extras=extras,
+                               class_order=config.get("class_order", "auto"))
   chosen = config.subset
   source = subset.select(source, classes=subset.parse_classes(chosen.classes),
                          per_class=chosen.per_class if split == config.train_split else 0,
@@ -56,19 +57,32 @@ def open_teacher_logits(path: str, source: sources.Source) -> TeacherLogits:
   """The store at ``path``, validated against ``source`` before any compute."""
   logits = TeacherLogits(path)
   logits.validate(dataset=source.name, split=source.split, num_examples=source.num_examples,
-                  num_classes=source.num_classes)
+                  num_classes=source.num_classes, class_names=source.class_names)
   return logits
 
 
-def load_model_for(config, path: str, *, role: str = "checkpoint", **kwargs):
+def load_model_for(config, path: str, *, role: str = "checkpoint",
+                   source: sources.Source | None = None, **kwargs):
   """``checkpoint.load_trained_model(path, **kwargs)``, refused unless it predicts the
-  config's ``num_classes``. Returns (model, info)."""
+  config's ``num_classes`` and, given the ``source`` it will see, was trained on the same
+  classes in the same order (``check_classes``). Returns (model, info)."""
   model, info = checkpoint.load_trained_model(path, **kwargs)
   classes = getattr(model.config, "num_classes", None)
   if classes != config.num_classes:
     raise UserError(f"{role} {path} predicts {classes} classes, config.num_classes is "
                     f"{config.num_classes}")
+  if source is not None:
+    check_classes(info, source, role)
   return model, info
+
+
+def check_classes(info: dict, source: sources.Source, role: str = "checkpoint") -> None:
+  """One line if the checkpoint described by ``info`` recorded other class names (or
+  another order) than ``source`` has: its labels would mean other classes."""
+  problem = errors.class_mismatch(info.get("class_names"), source.class_names,
+                                  f"{role} {info.get('path', '')}".strip())
+  if problem:
+    raise UserError(f"{problem} ({source.name}/{source.split})")
 
 
 def make_teacher(config, train_source, augment, mesh) -> Teacher:
@@ -86,8 +100,8 @@ def make_teacher(config, train_source, augment, mesh) -> Teacher:
                     "(precomputed, python -m deit_jax.teacher precompute) or "
                     "distill.teacher (online: a checkpoint run in the train step)")
   if teacher_path:
-    model, _ = load_model_for(config, teacher_path, role="teacher",
-                                          dtype=d.get("teacher_dtype", "bfloat16"))
+    model, _ = load_model_for(config, teacher_path, role="teacher", source=train_source,
+                              dtype=d.get("teacher_dtype", "bfloat16"))
     return OnlineTeacher(model, mesh)
   store = open_teacher_logits(logits_path, train_source)
   if store.num_views:

@@ -139,7 +139,7 @@ def run_cli(config) -> dict:
   for e in entries:
     if e.head is None or e.source in checkpoint_of:
       continue
-    model, info = config_glue.load_model_for(config, e.source,
+    model, info = config_glue.load_model_for(config, e.source, source=source,
                                              dtype=config.model.get("dtype", "float32"))
     info["distilled"] = bool(getattr(model.config, "distilled", False))
     params, rest, params_sharding, rest_sharding = builder.device_put_model(model, mesh)

@@ -28,6 +28,26 @@ def some(names, limit: int = 8) -> str:
   return f"{', '.join(names[:limit])}, ... ({len(names)} in all)"
 
 
+def class_mismatch(recorded, here, what: str) -> str | None:
+  """How the class names ``what`` (a checkpoint, teacher logits) was made with differ from
+  the data's, in one line; None when they agree or cannot be compared: either list empty
+  (made before names were recorded, or a dataset without names), or only one of them
+  integers (class indices such as ImageNet-V2's folders against ImageNet's synsets)."""
+  recorded, here = [str(n) for n in recorded or ()], [str(n) for n in here or ()]
+  if not recorded or not here or recorded == here:
+    return None
+  if all(n.isdigit() for n in recorded) != all(n.isdigit() for n in here):
+    return None
+  if len(recorded) != len(here):
+    return f"{what} was made with {len(recorded)} classes, the data has {len(here)}"
+  differ = [i for i, (a, b) in enumerate(zip(recorded, here)) if a != b]
+  i = differ[0]
+  how = ("the same classes in another order (for an image folder: --config.class_order)"
+         if sorted(recorded) == sorted(here) else "other classes")
+  return (f"{what} was made with {how}: label {i} is {recorded[i]} there and {here[i]} in "
+          f"the data ({len(differ)} of {len(here)} labels differ)")
+
+
 class UserError(Exception):
   """A mistake in the command, the config or an input file: one line, exit code 2."""
 

@@ -69,6 +69,7 @@ def evaluate_split(config, loaded: Loaded, split: str, *, dataset: str | None = 
     raise UserError("ReaL label sets use ImageNet-1k's class indices: evaluate them without "
                     "config.subset.classes")
   source = config_glue.open_split(config, split, extras)
+  config_glue.check_classes(loaded.info, source)
   teacher = real_labels.wrap(config_glue.eval_teacher(teacher_logits, source), source,
                              real_json)
   batches = feeding.eval_batches(source, config_glue.augment_config(config),

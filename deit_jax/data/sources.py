@@ -18,8 +18,8 @@ example at a time is costly, ``fetch_batch(indices) -> {"image": [n], "label": [
   TFDS's Python decoding; ``fetch_batch`` reads ``read_batch`` raw records in one Python
   call and parses them with ``tf.io.parse_example`` outside the GIL;
 * ``imagefolder:<root>`` lists ``<root>/<split>/<class>/<image>`` once, sorted, and reads
-  files by path (local or gs://); class folders named by integers (ImageNetV2's ``0`` ...
-  ``999``) are labelled by their number, not their string order (``class_order``).
+  files by path (local or gs://); the classes' order, and so the labels, follow
+  ``class_order`` (``deit_jax.data.image_folder``: auto, numeric or string).
 
 ``id`` is the example's index in its split (int64): stable for a given prepared dataset,
 and the key precomputed teacher logits are joined on.
@@ -38,9 +38,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from deit_jax.data import fashion_mnist
-from deit_jax.errors import DatasetError, StorageError, some
+from deit_jax.data.image_folder import list_image_folder
+from deit_jax.errors import ConfigError, DatasetError, StorageError, some
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IN_MEMORY_LIMIT_BYTES = 2 << 30
 IN_MEMORY_DECODE_BATCH = 1024  # images per decoding call when a split is loaded in memory
 READ_BATCH = 256  # records per Python call of a batched read (docs/performance.md#host-input)
@@ -126,15 +126,20 @@ def read_with_retries(read, what: str, failures: list[str], fallback, reopen=Non
 def open_source(dataset: str, split: str, *, data_dir: str | None = None,
                 manual_dir: str | None = None,
                 in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES,
-                extras: tuple[str, ...] = ()) -> Source:
+                extras: tuple[str, ...] = (), class_order: str = "auto") -> Source:
   """Opens ``dataset`` (a TFDS name or ``imagefolder:<root>``) at ``split``.
 
   TFDS splits of fixed-shape images up to ``in_memory_limit_bytes`` are held in memory;
   larger ones are read by random access. ``extras`` asks for per-example keys besides
-  image/label/id (``Source.extras``); a dataset without them is refused.
+  image/label/id (``Source.extras``); a dataset without them is refused. ``class_order``
+  orders an image folder's classes (``deit_jax.data.image_folder``); a TFDS dataset
+  brings its own order, so anything but "auto" is refused for one.
   """
   if dataset.startswith("imagefolder:"):
-    return _image_folder(dataset[len("imagefolder:"):], split, tuple(extras))
+    return _image_folder(dataset[len("imagefolder:"):], split, tuple(extras), class_order)
+  if class_order != "auto":
+    raise ConfigError(f"class_order={class_order!r} is for image folders; {dataset} orders "
+                      "its classes itself (leave class_order=auto)")
   return from_builder(_tfds_builder(dataset, data_dir, manual_dir), split, name=dataset,
                       in_memory_limit_bytes=in_memory_limit_bytes, extras=tuple(extras))
 
@@ -410,65 +415,9 @@ def _array_record_source(builder, name, split, num_examples, channels, label_fea
 # Image folders
 # ---------------------------------------------------------------------------
 
-def list_image_folder(root: str, split: str) -> tuple[list[str], list[int], list[str]]:
-  """Sorted (paths, labels, class names) of ``<root>/<split>/<class>/<image>``.
-
-  Class names come from the train split when it exists, so every split shares labels;
-  a split whose class folders are integers (ImageNet-V2's ``0`` ... ``999``, which may sit
-  beside a ``train/`` of synset folders) is labelled by its own folders' numbers.
-  """
-  gfile = tf.io.gfile
-  if not gfile.isdir(root):
-    raise DatasetError(f"image folder {root} does not exist")
-  splits = sorted(d for d in gfile.listdir(root) if gfile.isdir(os.path.join(root, d)))
-  splits = [s.rstrip("/") for s in splits]
-  if split not in splits:
-    raise DatasetError(f"image folder {root} has no split {split!r} (found: "
-                       f"{some(splits) or 'no sub-folders'}; expected "
-                       f"<root>/<split>/<class>/<image>)")
-
-  def classes_of(s):
-    path = os.path.join(root, s)
-    return class_order([d.rstrip("/") for d in gfile.listdir(path)
-                        if gfile.isdir(os.path.join(path, d))], path)
-
-  own = classes_of(split)
-  numbered = bool(own) and all(name.isdigit() for name in own)
-  class_names = own if numbered or "train" not in splits else classes_of("train")
-  paths, labels = [], []
-  for cls in own:
-    if cls not in class_names:
-      raise DatasetError(f"{root}/{split}/{cls}: class not present in the train split")
-    folder = os.path.join(root, split, cls)
-    files = sorted(f for f in gfile.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-    paths += [os.path.join(folder, f) for f in files]
-    labels += [class_names.index(cls)] * len(files)
-  if not paths:
-    raise DatasetError(f"image folder {root}/{split} holds no images "
-                       f"({', '.join(IMAGE_EXTENSIONS)} files under <class>/ folders)")
-  return paths, labels, class_names
-
-
-def class_order(names: list[str], where: str) -> list[str]:
-  """Class folder names in label order: sorted as strings, except when every name is an
-  integer (ImageNetV2's layout: folders ``0`` ... ``999`` named by class index), which are
-  ordered by number -- string order would put ``10`` before ``2`` and mislabel every image
-  -- and must then be exactly 0 ... N-1."""
-  if not names or not all(n.isdigit() for n in names):
-    return sorted(names)
-  numbers = sorted(int(n) for n in names)
-  if numbers != list(range(len(names))):
-    missing = sorted(set(range(max(numbers) + 1)) - set(numbers))
-    problem = (f"{len(missing)} missing, e.g. {', '.join(map(str, missing[:5]))}" if missing
-               else "some repeated, e.g. 1 and 01")
-    raise DatasetError(f"{where}: the class folders are integers but not 0..{len(names) - 1} "
-                       f"({problem}); integer folder names are read as class indices "
-                       "(ImageNetV2's layout), so they must run 0, 1, ..., N-1 with none missing")
-  return sorted(names, key=int)
-
-
-def _image_folder(root: str, split: str, extras: tuple[str, ...] = ()) -> Source:
-  paths, labels, class_names = list_image_folder(root, split)
+def _image_folder(root: str, split: str, extras: tuple[str, ...] = (),
+                  class_order: str = "auto") -> Source:
+  paths, labels, class_names = list_image_folder(root, split, class_order)
   unknown = sorted(set(extras) - {"file_name"})
   if unknown:
     raise DatasetError(f"image folder {root} has no per-example {', '.join(unknown)} (for ReaL "

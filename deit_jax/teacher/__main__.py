@@ -59,7 +59,8 @@ def precompute(config) -> None:
                                         num_classes=config.num_classes,
                                         in_chans=augment.in_chans)
   else:
-    model, info = config_glue.load_model_for(config, FLAGS.checkpoint, ema=FLAGS.ema)
+    model, info = config_glue.load_model_for(config, FLAGS.checkpoint, ema=FLAGS.ema,
+                                             role="teacher", source=source)
     size = (augment.image_size, augment.image_size, augment.in_chans)
     logits_fn, batch_size = pc.jax_logits_fn(model, batch_size, size, log=cli.say)
     teacher = {**info, "sha256": checkpoint.params_digest(model), "ema": FLAGS.ema,

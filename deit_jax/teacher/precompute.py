@@ -224,7 +224,8 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
     rate = store.read_manifest(out_dir).get("images_per_sec") if store.MANIFEST in done else None
   manifest = {
       "teacher": teacher, "dataset": source.name, "split": source.split, "num_examples": n,
-      "num_classes": source.num_classes, "storage": storage,
+      "num_classes": source.num_classes, "class_names": [str(c) for c in source.class_names],
+      "storage": storage,
       "k": min(k, source.num_classes) if storage == "topk" else None,
       "views": views, "view_seed": view_seed if views else None,
       "transform": {key: (list(v) if isinstance(v, tuple) else v)

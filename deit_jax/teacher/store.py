@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from deit_jax import files
-from deit_jax.errors import TeacherLogitsError
+from deit_jax.errors import TeacherLogitsError, class_mismatch
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -125,13 +125,18 @@ class TeacherLogits:
     """int32 [num_examples, K, 5] crop-consistent views, or None."""
     return self._arrays.get("views")
 
-  def validate(self, *, dataset: str, split: str, num_examples: int, num_classes: int) -> None:
-    """Raises TeacherLogitsError unless these logits cover this dataset split completely."""
+  def validate(self, *, dataset: str, split: str, num_examples: int, num_classes: int,
+               class_names=()) -> None:
+    """Raises TeacherLogitsError unless these logits cover this dataset split completely,
+    with the classes in the order they were made with (when the manifest records them)."""
     m = self.manifest
     problems = [f"{what}: logits {have!r} vs run {want!r}" for what, have, want in (
         ("dataset", m["dataset"], dataset), ("split", m["split"], split),
         ("num_examples", self.num_examples, num_examples),
         ("num_classes", self.num_classes, num_classes)) if have != want]
+    classes = class_mismatch(m.get("class_names"), class_names, "the logits")
+    if classes:
+      problems.append(classes)
     if problems:
       raise TeacherLogitsError(f"teacher logits {self.path} do not match this run: "
                                + "; ".join(problems))
