@@ -50,6 +50,17 @@ def _imports(name: str, path: pathlib.Path, known: set[str]) -> set[str]:
   return {m for m in found if m in known and m not in enclosing}
 
 
+def test_imports_inside_functions_and_their_packages_count(tmp_path):
+  """The old cycle: models/__init__ imported pretrained inside a function, and pretrained ->
+  checkpoint -> models.registry runs the models package."""
+  module = tmp_path / "m.py"
+  module.write_text("def f():\n  from deit_jax.models import registry\n")
+  known = {"deit_jax", "deit_jax.models", "deit_jax.models.registry", "deit_jax.checkpoint"}
+  assert _imports("deit_jax.checkpoint", module, known) == {"deit_jax.models",
+                                                            "deit_jax.models.registry"}
+  assert _imports("deit_jax.models.vit", module, known) == {"deit_jax.models.registry"}
+
+
 def test_module_graph_has_no_cycle():
   modules = _modules()
   graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
