@@ -165,12 +165,14 @@ def build_state(model: Model, tx, mesh, *, seed: int, ema: bool):
   return state_sharding, init
 
 
-def run_metadata(config, model: Model, class_names=()) -> dict:
+def run_metadata(config, model: Model, class_names=(), steps_per_epoch: int = 0) -> dict:
   """What a training checkpoint records of its run (and a resume compares): with the
-  training data's class names, which evaluation, fine-tuning and teachers compare too."""
+  training data's class names, which evaluation, fine-tuning and teachers compare too, and
+  the epoch length, which places every step's examples and learning rate."""
   return {"model": model.name, "model_config": json.loads(json.dumps(model.overrides)),
           "num_classes": config.num_classes, "dataset": config.dataset,
-          "ema": bool(config.ema_decay), "class_names": [str(n) for n in class_names]}
+          "ema": bool(config.ema_decay), "class_names": [str(n) for n in class_names],
+          "steps_per_epoch": steps_per_epoch}
 
 
 def initial_state(checkpoints: checkpoint.TrainCheckpoints, meta: dict, init,

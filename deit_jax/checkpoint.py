@@ -215,6 +215,9 @@ class TrainCheckpoints:
                              "the checkpoint")
     if classes:  # recorded since issue 35; older checkpoints lack them
       differences.append(classes)
+    if saved.get("steps_per_epoch") and saved["steps_per_epoch"] != meta.get("steps_per_epoch"):
+      differences.append(f"steps per epoch: checkpoint {saved['steps_per_epoch']} vs run "
+                         f"{meta.get('steps_per_epoch')} (another batch, split or epoch rule)")
     if "ema" in saved and saved["ema"] != meta.get("ema"):  # older checkpoints lack "ema"
       differences.append(f"EMA weights: checkpoint {'with' if saved['ema'] else 'without'}, "
                          f"config.ema_decay={'0' if not meta.get('ema') else '> 0'}")

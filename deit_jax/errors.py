@@ -36,7 +36,7 @@ def class_mismatch(recorded, here, what: str) -> str | None:
   recorded, here = [str(n) for n in recorded or ()], [str(n) for n in here or ()]
   if not recorded or not here or recorded == here:
     return None
-  if all(n.isdigit() for n in recorded) != all(n.isdigit() for n in here):
+  if all(n.isdecimal() for n in recorded) != all(n.isdecimal() for n in here):
     return None
   if len(recorded) != len(here):
     return f"{what} was made with {len(recorded)} classes, the data has {len(here)}"

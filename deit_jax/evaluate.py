@@ -64,6 +64,7 @@ def evaluate_split(config, loaded: Loaded, split: str, *, dataset: str | None = 
   if dataset and dataset != config.dataset:
     config = config.copy_and_resolve_references()
     config.dataset = dataset
+    config.class_order = "auto"  # the run's setting was for its own dataset
   extras = real_labels.source_extras(config.dataset, real_json)
   if extras and config.subset.classes:
     raise UserError("ReaL label sets use ImageNet-1k's class indices: evaluate them without "

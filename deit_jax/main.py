@@ -112,7 +112,7 @@ def _train(config, workdir: str) -> dict:
   # ---------------------------------------------------------------- shardings, state
   state_sharding, init = builder.build_state(model, tx, mesh, seed=config.seed,
                                              ema=config.ema_decay > 0)
-  meta = builder.run_metadata(config, model, train_source.class_names)
+  meta = builder.run_metadata(config, model, train_source.class_names, steps_per_epoch)
   best = None
   if config.best_metric:  # checked before any checkpoint is opened
     allowed = checkpoint.best_metrics(config.ema_decay > 0)

@@ -29,7 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from deit_jax import cli  # noqa: E402
+from deit_jax import cli, config_glue  # noqa: E402
 
 
 def _clean_images(source, augment, ids):
@@ -61,8 +61,8 @@ def _logits_fn(path, dtype):
 
 def check(config, teacher: str, steps: int, dtypes: list[str]) -> dict:
   from deit_jax.data import mixup, pipeline
-  source = cli.open_split(config, config.train_split)
-  augment = cli.augment_config(config)
+  source = config_glue.open_split(config, config.train_split)
+  augment = config_glue.augment_config(config)
   mix = mixup.MixupConfig(**config.mixup.to_dict())
   host = pipeline.HostSlice(config.batch_size, groups=config.batch_groups)
   stream = pipeline.TrainIterator(source, augment, host, seed=config.seed)

@@ -56,6 +56,11 @@ def test_one_to_n_folders_are_numeric_and_the_order_is_a_setting(tmp_path):
   assert "\n" not in str(info.value)
   assert _labels(sparse, "numeric")[0] == {"3": 0, "7": 1, "12": 2, "40": 3}
   assert _labels(sparse, "string")[0] == {"12": 0, "3": 1, "40": 2, "7": 3}
+  # A split beside a train/ of integers takes train's numbers; a folder missing there is
+  # an error, never a relabelling by its own rank.
+  _folder(tmp_path / "flowers", (3, 5, 13), split="val")
+  with pytest.raises(DatasetError, match="not present in the train split: 13"):
+    _labels(flowers, split="val")
   words = _folder(tmp_path / "words", ("cat", "dog", "7"))
   with pytest.raises(DatasetError, match="numeric needs integer class folders, found cat, dog"):
     _labels(words, "numeric")
@@ -81,10 +86,12 @@ def test_a_checkpoint_refuses_data_in_another_class_order(tmp_path):
   config.num_classes = 12
   overrides = {"img_size": 32, "num_classes": 12, "depth": 1}
 
-  # Resuming a run: check_compatible compares the recorded names with the run's.
-  def meta(names):
+  # Resuming a run: check_compatible compares the recorded names with the run's (and the
+  # epoch length, which places every step's examples).
+  def meta(names, steps_per_epoch=15):
     return {"model": "deit_tiny_patch16_224", "model_config": overrides, "num_classes": 12,
-            "dataset": "x", "ema": False, "class_names": list(names)}
+            "dataset": "x", "ema": False, "class_names": list(names),
+            "steps_per_epoch": steps_per_epoch}
   saver = checkpoint.TrainCheckpoints(tmp_path / "run", every_steps=1, keep=1)
   saver.save(1, {"x": np.zeros(2)}, {"step": 1}, meta(old.class_names))
   saver.wait()
@@ -92,6 +99,8 @@ def test_a_checkpoint_refuses_data_in_another_class_order(tmp_path):
   with pytest.raises(CheckpointMismatchError,
                      match="another order .* label 2 is 10 there and 2 in the data"):
     saver.check_compatible(1, meta(new.class_names))
+  with pytest.raises(CheckpointMismatchError, match="steps per epoch: checkpoint 15 vs run 12"):
+    saver.check_compatible(1, meta(old.class_names, 12))
   saver.close()
   named = builder.build_model("deit_tiny_patch16_224", overrides)
   assert builder.run_metadata(config, named, new.class_names)["class_names"] == [
@@ -127,3 +136,7 @@ def test_teacher_logits_refuse_data_in_another_class_order(tmp_path):
   config_glue.open_teacher_logits(str(tmp_path / "logits"), old)
   with pytest.raises(TeacherLogitsError, match="label 2 is 10 there and 2 in the data"):
     config_glue.open_teacher_logits(str(tmp_path / "logits"), new)
+  # Shards are reused only by the same run: another class order is refused, not mixed in.
+  with pytest.raises(TeacherLogitsError, match="another run .its class_names differ"):
+    pc.precompute(None, new, augment, str(tmp_path / "logits"), teacher={"name": "t"},
+                  batch_size=4, log=lambda _: None)

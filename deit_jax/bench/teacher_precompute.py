@@ -62,10 +62,11 @@ def main(argv=None) -> dict:
   for dtype in args.dtypes.split(","):
     model = create_model(args.model, num_classes=args.num_classes, dtype=dtype)
     model.eval()
-    fns[f"jax_{dtype}"], fitted = jax_logits_fn(model, args.batch_size, images.shape[1:])
+    fns[f"jax_{dtype}"], fitted = jax_logits_fn(model, args.batch_size, images.shape[1:],
+                                                log=lambda _: None)
     if fitted != args.batch_size:
-      raise UserError(f"--batch_size={args.batch_size} does not fit this machine's memory "
-                      f"with {args.model}: try --batch_size={fitted}")
+      raise UserError(f"--batch_size={args.batch_size} does not fit the free memory of this "
+                      f"machine with {args.model}: try --batch_size={fitted}")
   if not args.no_timm:
     fns["timm_float32"], _ = timm_logits_fn(args.model, None, num_classes=args.num_classes,
                                             in_chans=3, device="cpu")

@@ -34,15 +34,16 @@ def class_order(names: list[str], where: str, order: str = "auto") -> list[str]:
   """Class folder names in label order (module docstring)."""
   if order not in CLASS_ORDERS:
     raise ConfigError(f"class_order must be one of {', '.join(CLASS_ORDERS)}, got {order!r}")
-  integers = bool(names) and all(n.isdigit() for n in names)
+  integers = bool(names) and all(n.isdecimal() for n in names)
   if order == "string" or (order == "auto" and not integers):
     return sorted(names)
   if not integers:
     raise DatasetError(f"{where}: class_order=numeric needs integer class folders, found "
-                       f"{some(sorted(n for n in names if not n.isdigit()))}")
+                       f"{some(sorted(n for n in names if not n.isdecimal()))}")
   numbers = sorted(int(n) for n in names)
   if len(set(numbers)) < len(numbers):
-    raise DatasetError(f"{where}: class folders name the same number twice (e.g. 1 and 01)")
+    twice = sorted((n for n in names if numbers.count(int(n)) > 1), key=int)
+    raise DatasetError(f"{where}: class folders name the same number twice: {some(twice)}")
   n = len(numbers)
   if order == "auto" and numbers not in (list(range(n)), list(range(1, n + 1))):
     missing = sorted(set(range(numbers[0] > 0, numbers[-1] + 1)) - set(numbers))
@@ -75,7 +76,7 @@ def list_image_folder(root: str, split: str,
     train = folders("train")
     if set(own) <= set(train):
       class_names = class_order(train, os.path.join(root, "train"), order)
-    elif own and all(name.isdigit() for name in own):
+    elif own and all(n.isdecimal() for n in own) and not all(n.isdecimal() for n in train):
       class_names = class_order(own, os.path.join(root, split), order)
     else:
       raise DatasetError(f"{root}/{split}: class folders not present in the train split: "

@@ -63,7 +63,8 @@ def precompute(config) -> None:
                                              role="teacher", source=source)
     size = (augment.image_size, augment.image_size, augment.in_chans)
     logits_fn, batch_size = pc.jax_logits_fn(model, batch_size, size, log=cli.say)
-    teacher = {**info, "sha256": checkpoint.params_digest(model), "ema": FLAGS.ema,
+    teacher = {**{k: v for k, v in info.items() if k != "class_names"},
+               "sha256": checkpoint.params_digest(model), "ema": FLAGS.ema,
                "framework": "jax"}
   what = f"{FLAGS.views} views per image" if FLAGS.views else "eval transform"
   cli.say(f"teacher {teacher['name']} over {source.name}/{source.split} "

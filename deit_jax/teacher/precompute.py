@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from deit_jax import files
 from deit_jax.data import pipeline, sources
 from deit_jax.data.sources import Source
-from deit_jax.errors import ConfigError, UserError
+from deit_jax.errors import ConfigError, TeacherLogitsError, UserError
 from deit_jax.teacher import store
 
 # logits_fn: float32 images [B, H, W, C] (normalised) -> float32 logits [B, num_classes]
@@ -180,6 +180,22 @@ def _chunk_dataset(source: Source, augment: pipeline.AugmentConfig, first: int, 
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _check_same_run(out_dir: str, source: Source, teacher: dict, storage: str,
+                    views: int) -> None:
+  """One line unless the store in ``out_dir`` was made by this teacher from this split, its
+  examples in this order (an image folder's ids follow its class order)."""
+  m = store.read_manifest(out_dir)
+  now = {"dataset": source.name, "split": source.split, "num_examples": source.num_examples,
+         "class_names": [str(c) for c in source.class_names], "storage": storage,
+         "views": views, "teacher": teacher.get("sha256")}
+  before = {**{k: m.get(k) for k in now}, "teacher": m["teacher"].get("sha256")}
+  differ = [k for k in now if before[k] is not None and before[k] != now[k]]
+  if differ:
+    raise TeacherLogitsError(
+        f"{out_dir} holds teacher logits of another run (its {', '.join(differ)} differ); "
+        "give another --out, or remove it to compute them again")
+
+
 def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentConfig,
                out_dir: str, *, teacher: dict, storage: str = "full", k: int = 10,
                views: int = 0, view_seed: int = 0, batch_size: int = 256,
@@ -195,6 +211,8 @@ def precompute(logits_fn: LogitsFn, source: Source, augment: pipeline.AugmentCon
   chunks = [(a, min(a + shard_size, n)) for a in range(0, n, shard_size)]
   mine = chunks[pid::nproc]
   done = set(files.listdir(out_dir))
+  if store.MANIFEST in done:  # finished shards are reused only for the same run
+    _check_same_run(out_dir, source, teacher, storage, views)
   todo = [c for c in mine if store.shard_name(*c) not in done]
   if len(todo) < len(mine):
     log(f"reusing {len(mine) - len(todo)} finished shard(s) in {out_dir}")
