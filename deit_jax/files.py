@@ -17,6 +17,12 @@ flush per line cost the step seconds per line at one line per step (docs/perform
 paths ``AppendLog`` hands lines to a background thread that uploads the log at most every
 ``REMOTE_INTERVAL_S``: a line never waits for the bucket, and the log in the bucket is
 current to within that interval.
+
+``isdir`` and ``listdir`` are strict: ``os.path.isdir`` and ``tf.io.gfile.isdir`` answer
+False to any error, so a storage fault (a bucket's 403 or 503 past the client's retries, an
+EIO on a mounted bucket) would pass for a missing folder, and a class folder or a
+checkpoint step would drop out of a listing without a word. Here only "not found" is False;
+any other failure is one line (``StorageError``).
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import stat
 import sys
 import threading
 import time
 from typing import IO
 
 from etils import epath
+
+from deit_jax.errors import StorageError
 
 
 def is_local(path) -> bool:
@@ -70,13 +79,55 @@ def exists(path) -> bool:
   return os.path.exists(path) if is_local(path) else _gfile().exists(os.fspath(path))
 
 
+def _failed(path: str, e: Exception) -> StorageError:
+  return StorageError(f"listing {path} failed after the storage client retries "
+                      f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); stopped "
+                      "before using a listing that may be incomplete (the same command runs "
+                      "again once the storage answers)")
+
+
 def isdir(path) -> bool:
-  return os.path.isdir(path) if is_local(path) else _gfile().isdir(os.fspath(path))
+  """Whether ``path`` is a folder: False only when it is not found (module docstring)."""
+  path = os.fspath(path)
+  if is_local(path):
+    try:
+      return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+      return False
+    except OSError as e:
+      raise _failed(path, e) from None
+  import tensorflow as tf
+  try:
+    return tf.io.gfile.stat(path).is_directory
+  except tf.errors.NotFoundError:
+    return False
+  except tf.errors.OpError as e:
+    raise _failed(path, e) from None
 
 
 def listdir(path) -> list[str]:
-  """Names in the directory ``path`` (without a trailing ``/``), sorted."""
-  names = os.listdir(path) if is_local(path) else _gfile().listdir(os.fspath(path))
+  """Names in the directory ``path`` (without a trailing ``/``), sorted. A folder that is
+  not there raises as before (FileNotFoundError, or TF's NotFoundError for ``scheme://``);
+  any other failure is a StorageError."""
+  path = os.fspath(path)
+  if is_local(path):
+    try:
+      names = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+      raise
+    except OSError as e:
+      raise _failed(path, e) from None
+  else:
+    import tensorflow as tf
+    try:
+      names = tf.io.gfile.listdir(path)
+    except tf.errors.NotFoundError as e:
+      # gfile.listdir asks isdir first, which answers False to any error: ask again
+      if not isdir(path):
+        raise
+      raise _failed(path, e) from None
+    except tf.errors.OpError as e:
+      raise _failed(path, e) from None
   return sorted(name.rstrip("/") for name in names)
 
 

@@ -6,6 +6,7 @@ orbax itself cannot write or restore ``ram://`` (its array I/O is TensorStore's)
 checkpoints are written locally; the step choice is checked on ``ram://`` copies, and the
 restores on a local copy read with the gs:// rule."""
 
+import errno
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from deit_jax import checkpoint, cli, config_glue, files
-from deit_jax.errors import NotACheckpointError, OutputExistsError
+from deit_jax.errors import NotACheckpointError, OutputExistsError, StorageError
 from deit_jax.models import create_model
 from deit_jax.teacher import store
 
@@ -178,3 +179,35 @@ def test_teacher_logits_store_round_trip():
   assert files.listdir(path) == sorted([*shards, store.MANIFEST])  # no temporary names left
   loaded = store.TeacherLogits(path)
   np.testing.assert_array_equal(loaded.lookup(ids[::-1]), logits[::-1].astype(np.float16))
+
+
+def test_a_storage_fault_is_one_line_not_a_missing_folder(tmp_path, monkeypatch):
+  """os.path.isdir (and tf.io.gfile.isdir) answer False to any error: an EIO on a mounted
+  bucket would drop checkpoint step 2 and pick step 1 without a word. files.isdir and
+  files.listdir answer False or FileNotFoundError only for what is not there."""
+  for step in (1, 2):
+    (tmp_path / "checkpoints" / str(step) / "state").mkdir(parents=True)
+  faulty = str(tmp_path / "checkpoints" / "2" / "state")
+  real_stat, real_listdir = os.stat, os.listdir
+
+  def stat(path, *args, **kwargs):
+    if os.fspath(path) == faulty:
+      raise OSError(errno.EIO, "Input/output error", path)
+    return real_stat(path, *args, **kwargs)
+
+  def listdir(path="."):
+    if os.fspath(path) == faulty:
+      raise OSError(errno.EIO, "Input/output error", path)
+    return real_listdir(path)
+
+  assert checkpoint.committed_steps(str(tmp_path / "checkpoints")) == [1, 2]
+  monkeypatch.setattr(os, "stat", stat)
+  monkeypatch.setattr(os, "listdir", listdir)
+  assert files.isdir(tmp_path / "checkpoints") and not files.isdir(tmp_path / "nothing")
+  with pytest.raises(FileNotFoundError):
+    files.listdir(tmp_path / "nothing")
+  for call in (lambda: checkpoint.committed_steps(str(tmp_path / "checkpoints")),
+               lambda: files.listdir(faulty)):
+    with pytest.raises(StorageError, match=r"^listing .*/2/state failed after the storage "
+                                           r"client retries \(OSError: .*Input/output error"):
+      call()

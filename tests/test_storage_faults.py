@@ -107,3 +107,45 @@ def test_persistent_fault_stops_every_process_with_one_line(bucket, tmp_path):
         in errors[0] and "the last checkpoint is kept" in errors[0], err[-3000:]
     assert "Traceback" not in err
   assert checkpoint.committed_steps(str(workdir / "checkpoints")) == [1, 2]
+
+
+_LIST = """
+import json, sys
+from deit_jax.data.image_folder import list_image_folder
+from deit_jax.errors import StorageError
+try:
+  paths, labels, names = list_image_folder(sys.argv[1], "train")
+  print(json.dumps({"names": names, "images": len(paths)}))
+except StorageError as e:
+  print(json.dumps({"error": str(e)}))
+"""
+
+
+def test_a_class_folder_that_fails_to_list_is_never_dropped(bucket, tmp_path):
+  """tf.io.gfile.isdir answers False to any error, so a fault on one class folder used to
+  drop that class silently. A 503 (the client retries it) gives the same classes; a 403
+  on that folder stops with one StorageError instead of a list without it."""
+  from PIL import Image
+
+  from deit_jax.bench.bucket_io import copy_tree
+  standin, _ = bucket
+  for name in ("ant", "bee", "cat"):
+    (tmp_path / "folder" / "train" / name).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "folder" / "train" / name / "0.jpg")
+  copy_tree(str(tmp_path / "folder"), standin, "classes")
+
+  def listing(*faults):
+    standin.configure(faults=list(faults))
+    out = subprocess.run([sys.executable, "-c", _LIST, "gs://deit-bench/classes"],
+                         env=_env(standin), capture_output=True, text=True, timeout=300)
+    fired = [f.fired for f in standin.faults]
+    standin.configure(faults=[])
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.splitlines()[-1]), fired
+
+  whole = {"names": ["ant", "bee", "cat"], "images": 3}
+  assert listing(Fault("503", match="bee", limit=1)) == (whole, [1])
+  result, fired = listing(Fault("403", match="bee"))
+  assert fired[0] >= 1 and "error" in result, result
+  assert result["error"].startswith("listing gs://deit-bench/classes/train/bee") \
+      and "may be incomplete" in result["error"] and "\n" not in result["error"]

@@ -16,14 +16,16 @@ A split other than ``train`` takes its class names from ``train/`` when all of i
 are among them (a split missing some classes keeps train's labels); a split of integer
 folders beside a ``train/`` of other names (ImageNet-V2 unpacked next to ImageNet's
 synset folders) is ordered by its own folders.
+
+Listing goes through ``deit_jax.files``, which is strict: a storage fault on one class
+folder stops with one line instead of dropping that class without a word.
 """
 
 from __future__ import annotations
 
 import os
 
-import tensorflow as tf
-
+from deit_jax import files
 from deit_jax.errors import ConfigError, DatasetError, some
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -54,22 +56,23 @@ def class_order(names: list[str], where: str, order: str = "auto") -> list[str]:
   return sorted(names, key=int)
 
 
+def _subfolders(path: str) -> list[str]:
+  return [d for d in files.listdir(path) if files.isdir(os.path.join(path, d))]
+
+
 def list_image_folder(root: str, split: str,
                       order: str = "auto") -> tuple[list[str], list[int], list[str]]:
   """Sorted (paths, labels, class names in label order) of ``<root>/<split>/<class>/<image>``."""
-  gfile = tf.io.gfile
-  if not gfile.isdir(root):
+  if not files.isdir(root):
     raise DatasetError(f"image folder {root} does not exist")
-  splits = sorted(d.rstrip("/") for d in gfile.listdir(root)
-                  if gfile.isdir(os.path.join(root, d)))
+  splits = sorted(_subfolders(root))
   if split not in splits:
     raise DatasetError(f"image folder {root} has no split {split!r} (found: "
                        f"{some(splits) or 'no sub-folders'}; expected "
                        f"<root>/<split>/<class>/<image>)")
 
   def folders(s):
-    path = os.path.join(root, s)
-    return [d.rstrip("/") for d in gfile.listdir(path) if gfile.isdir(os.path.join(path, d))]
+    return _subfolders(os.path.join(root, s))
 
   own = folders(split)
   if split != "train" and "train" in splits:
@@ -87,9 +90,9 @@ def list_image_folder(root: str, split: str,
   paths, labels = [], []
   for cls in sorted(own, key=label.get):
     folder = os.path.join(root, split, cls)
-    files = sorted(f for f in gfile.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-    paths += [os.path.join(folder, f) for f in files]
-    labels += [label[cls]] * len(files)
+    images = [f for f in files.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    paths += [os.path.join(folder, f) for f in images]
+    labels += [label[cls]] * len(images)
   if not paths:
     raise DatasetError(f"image folder {root}/{split} holds no images "
                        f"({', '.join(IMAGE_EXTENSIONS)} files under <class>/ folders)")
